@@ -1,0 +1,75 @@
+"""The `celltune` command: one entry point, a subcommand per job, one-line errors.
+
+Exit codes: 0 ok, 2 usage or bad input (UserInputError, invalid config), 1 any other failure.
+Tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from celltune.data_prep.errors import UserInputError
+from celltune.platform import cli_data
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("celltune")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="celltune",
+        description="Hyperparameter search and universal training for cell instance segmentation (CTC data).",
+    )
+    parser.add_argument("--version", action="version", version=f"celltune {version()}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli_data.add_parser(commands)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.handler(args)
+    except UserInputError as exc:
+        if args.debug:
+            raise
+        print(f"celltune: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("celltune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"celltune: failed: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return int(result or EXIT_OK)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real CTC data (fail in CI, skip elsewhere when absent) and one Ray per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL_DATASETS = ("DIC-C2DH-HeLa", "Fluo-N2DH-GOWT1", "Fluo-N2DH-SIM+")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def ctc_data_dir() -> Path:
+    """Folder with the real CTC training datasets, from $CELLTUNE_CTC_DATA."""
+    raw = os.environ.get("CELLTUNE_CTC_DATA", "")
+    path = Path(raw) if raw else None
+    if path is None or not all((path / name).is_dir() for name in REAL_DATASETS):
+        message = f"real CTC data not found (CELLTUNE_CTC_DATA={raw!r}); expected {', '.join(REAL_DATASETS)}"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (each start costs seconds and ~0.5 GB)."""
+    import ray
+
+    from celltune.data_prep.ray_session import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,1 @@
+"""Architectures, targets' losses, post-processing and the training loop, in plain PyTorch."""
