@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from celltune.data_prep.errors import UserInputError
-from celltune.platform import cli_data
+from celltune.platform import cli_data, demo
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.add_parser(commands)
     cli_data.add_parser(commands)
     return parser
 
