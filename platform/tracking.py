@@ -1,0 +1,125 @@
+"""MLflow glue: where runs go, how a config becomes params, and a picklable logger for training workers.
+
+The default store is a SQLite database in the working directory (MLflow 3's own default; no server needed).
+Params never carry secrets: values of environment variables whose names look like credentials are masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH)", re.I)
+MASK = "***"
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db`` (an absolute path, so Ray workers
+    running in other directories write to the same database)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
+    """Values of environment variables whose names look like credentials (long enough to be meaningful)."""
+    environ = os.environ if environ is None else environ
+    return {value for name, value in environ.items() if SECRET_NAME.search(name) and len(value) >= 4}
+
+
+def flatten_params(tree: Mapping[str, Any], prefix: str = "",
+                   secrets: set[str] | None = None) -> dict[str, str]:
+    """Flatten a nested config into dotted MLflow params, masking any secret value that appears in one."""
+    secrets = secret_values() if secrets is None else secrets
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}.", secrets))
+            continue
+        text = str(value)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+@dataclass(frozen=True)
+class RunLogger:
+    """Logs into one existing MLflow run from any process (a Ray worker included): it holds only strings.
+
+    Built by the platform on the driver, pickled into the training workers, and called by rank 0.
+    """
+
+    tracking_uri: str
+    run_id: str
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key=k, value=float(v), timestamp=now, step=int(step)) for k, v in metrics.items()]
+        if batch:
+            self._client().log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self._client().log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        client = self._client()
+        for key, value in tags.items():
+            client.set_tag(self.run_id, key, str(value))
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        self._client().log_figure(self.run_id, figure, artifact_file)
+
+    def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
+        self._client().log_dict(self.run_id, dict(dictionary), artifact_file)
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        self._client().log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        self._client().log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+
+def environment_info() -> dict[str, str]:
+    """Versions and device facts worth keeping with every run."""
+    import platform as stdlib_platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = {"python": stdlib_platform.python_version(), "machine": stdlib_platform.machine()}
+    for package in ("celltune", "torch", "ray", "mlflow", "optuna", "zarr", "numpy"):
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            info[package] = "absent"
+    try:
+        import torch
+
+        info["cuda"] = str(torch.cuda.is_available())
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return info

@@ -1,0 +1,50 @@
+import pickle
+
+import mlflow
+import pytest
+
+from celltune.platform.tracking import MASK, RunLogger, default_tracking_uri, flatten_params, secret_values
+
+
+def test_flatten_params_dots_nested_keys():
+    flat = flatten_params({"model": {"name": "xbnet", "options": {"width": 16}}, "seed": 3, "empty": {}},
+                          secrets=set())
+    assert flat == {"model.name": "xbnet", "model.options.width": "16", "seed": "3", "empty": "{}"}
+
+
+def test_params_never_carry_secret_environment_values():
+    env = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "MLFLOW_TRACKING_PASSWORD": "hunter22", "HOME": "/root"}
+    secrets = secret_values(env)
+    assert secrets == {"s3cr3t-value", "hunter22"}
+    flat = flatten_params({"storage": "s3://u:s3cr3t-value@bucket/x", "home": "/root"}, secrets=secrets)
+    assert "s3cr3t-value" not in flat["storage"] and MASK in flat["storage"]
+    assert flat["home"] == "/root"
+
+
+def test_default_tracking_uri_is_sqlite_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+@pytest.fixture
+def sqlite_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment)
+    return uri, run.info.run_id, client
+
+
+def test_run_logger_survives_pickling_and_logs(sqlite_run):
+    uri, run_id, client = sqlite_run
+    run_logger = pickle.loads(pickle.dumps(RunLogger(uri, run_id)))
+    run_logger.log_params({f"p{i}": str(i) for i in range(150)})
+    run_logger.log_metrics({"loss": 0.5, "lr": 1e-4}, step=3)
+    run_logger.log_dict({"a": 1}, "config.yaml")
+    run = client.get_run(run_id)
+    assert len(run.data.params) == 150
+    assert run.data.metrics == {"loss": 0.5, "lr": 1e-4}
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [3]
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]
