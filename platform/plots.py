@@ -1,0 +1,63 @@
+"""Pictures people would rather look at than read: learning curves and prediction overlays (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve_figure(history: Mapping[str, Sequence[tuple[int, float]]], title: str = "learning curve"):
+    """One panel for training losses and one for validation scores, each a list of (step, value)."""
+    plt = _pyplot()
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in sorted(history.items()):
+        if not points:
+            continue
+        steps, values = zip(*points, strict=True)
+        axis = score_axis if name.startswith(("seg", "iou")) else loss_axis
+        axis.plot(steps, values, label=name, marker="o" if axis is score_axis else None, markersize=3)
+    loss_axis.set(title="training", xlabel="optimizer step", ylabel="loss")
+    score_axis.set(title="validation", xlabel="optimizer step", ylabel="score", ylim=(0, 1))
+    for axis in (loss_axis, score_axis):
+        if axis.lines:
+            axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def overlay_figure(raw: np.ndarray, reference: np.ndarray | None, prediction: np.ndarray, title: str = ""):
+    """Raw frame with the reference outlined in green and predicted instances in colour beside it."""
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    plt = _pyplot()
+    low, high = np.percentile(raw, (1, 99))
+    image = np.clip((raw.astype(np.float32) - low) / max(float(high - low), 1e-6), 0, 1)
+    rgb = np.stack([image] * 3, axis=-1)
+    outlined = rgb.copy()
+    if reference is not None:
+        outlined[find_boundaries(reference, mode="inner")] = (0.1, 0.9, 0.1)
+    predicted = label2rgb(prediction, image=image, alpha=0.35, bg_label=0)
+    predicted[find_boundaries(prediction, mode="inner")] = (1.0, 0.2, 0.2)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 5))
+    axes[0].imshow(outlined)
+    axes[0].set_title("raw + reference (green)" if reference is not None else "raw")
+    axes[1].imshow(predicted)
+    axes[1].set_title(f"prediction ({len(np.unique(prediction)) - 1} objects)")
+    for axis in axes:
+        axis.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
