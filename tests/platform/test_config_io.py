@@ -1,0 +1,58 @@
+import pytest
+
+from celltune.data_prep.errors import UserInputError
+from celltune.platform.config_io import apply_overrides, load_config
+from celltune.trainables.config import TrainConfig
+
+BASE = """
+data:
+  stores: [stores/A.zarr, stores/B.zarr]
+  crop: 128
+model: {name: xbnet, options: {width: 8}}
+training: {epochs: 4, scheme: acc}
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(BASE)
+    return path
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    tree = apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=1e-4", "d.e=[x, y]", "f=short_side"])
+    assert tree == {"a": {"b": 2, "c": 1e-4}, "d": {"e": ["x", "y"]}, "f": "short_side"}
+
+
+def test_load_resolves_defaults_and_overrides(config_file):
+    config = load_config(TrainConfig, config_file, ["training.epochs=7", "data.crop={A: short_side}"])
+    assert config.training.epochs == 7
+    assert config.data.crop_for("A") == "short_side" and config.data.crop_for("B") == 256
+    assert config.optimizer.lr == 1e-4 and config.scheduler.name == "warm_restarts"
+    assert config.data.dataset_names == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.scheme=foo", r"training\.scheme: got 'foo'; input should be 'mix', 'seq'"),
+        ("training.epochs=-1", r"training\.epochs: Input should be greater than 0"),
+        ("model.colour=red", r"model\.colour: unknown key"),
+        ("data.crop={C: 64}", r"data: .*crop names unknown datasets \['C'\]"),
+        ("noequals", r"expected key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(config_file, override, expected):
+    with pytest.raises(UserInputError, match=expected) as info:
+        load_config(TrainConfig, config_file, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_or_non_mapping_yaml(tmp_path):
+    with pytest.raises(UserInputError, match="missing.yaml: cannot read config"):
+        load_config(TrainConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(UserInputError, match="bad.yaml: line 1 invalid YAML"):
+        load_config(TrainConfig, bad)
