@@ -20,12 +20,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, logging_level=logging.WARNING)
         return
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
+        logging_level=logging.WARNING,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,44 +64,50 @@ class RunLogger:
     tracking_uri: str
     run_id: str
 
-    def _client(self):
+    def client(self):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.log_metric_records([(step, metrics)])
+
+    def log_metric_records(self, records: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Many steps' metrics in as few requests as MLflow allows (1000 metrics per batch)."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key=k, value=float(v), timestamp=now, step=int(step)) for k, v in metrics.items()]
-        if batch:
-            self._client().log_batch(self.run_id, metrics=batch, synchronous=True)
+        batch = [Metric(key=k, value=float(v), timestamp=now, step=int(step))
+                 for step, metrics in records for k, v in metrics.items()]
+        client = self.client()
+        for start in range(0, len(batch), 1000):
+            client.log_batch(self.run_id, metrics=batch[start:start + 1000], synchronous=True)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self._client().log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
+            self.client().log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        client = self._client()
+        client = self.client()
         for key, value in tags.items():
             client.set_tag(self.run_id, key, str(value))
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        self._client().log_figure(self.run_id, figure, artifact_file)
+        self.client().log_figure(self.run_id, figure, artifact_file)
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
-        self._client().log_dict(self.run_id, dict(dictionary), artifact_file)
+        self.client().log_dict(self.run_id, dict(dictionary), artifact_file)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        self._client().log_artifact(self.run_id, str(local_path), artifact_path)
+        self.client().log_artifact(self.run_id, str(local_path), artifact_path)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self._client().log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self.client().log_artifacts(self.run_id, str(local_dir), artifact_path)
 
 
 def environment_info() -> dict[str, str]:

@@ -37,3 +37,15 @@ def ray_session():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_stores(tmp_path_factory) -> Path:
+    """The demo's two synthetic datasets, generated and prepared once per session; returns the stores folder."""
+    from celltune.platform.demo import DEMO_DATASETS, DemoPaths, run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    run_demo(root, show_progress=False)
+    paths = DemoPaths(root)
+    assert all((paths.stores / f"{spec['name']}.zarr").is_dir() for spec in DEMO_DATASETS)
+    return paths.stores

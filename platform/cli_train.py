@@ -1,0 +1,45 @@
+"""`celltune train`: universal training of one network on several datasets, on Ray Train, tracked in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_STORAGE = Path("celltune-runs")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train a network on prepared datasets (Ray Train + MLflow)")
+    parser.add_argument("--config", type=Path, required=True, help="training config YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set training.epochs=10 (repeatable)")
+    parser.add_argument("--name", default=None, help="run name (default: train-<timestamp>)")
+    parser.add_argument("--resume", action="store_true", help="continue the stopped run given by --name")
+    parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
+                        help=f"Ray storage folder for checkpoints (default ./{DEFAULT_STORAGE})")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: local Ray on 127.0.0.1)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+    parser.add_argument("--experiment", default="celltune-train", help="MLflow experiment name")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and Ray plan, then exit")
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from celltune.platform.config_io import load_config
+    from celltune.platform.train_run import check_config, dry_run_plan, run_training
+    from celltune.trainables.config import TrainConfig
+
+    config = load_config(TrainConfig, args.config, args.overrides)
+    if args.dry_run:
+        check_config(config)
+        print(json.dumps(dry_run_plan(config), indent=2))
+        return 0
+    result = run_training(config, storage_path=args.storage, name=args.name, resume=args.resume,
+                          tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address)
+    best = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("seg", "best/seg"))}
+    print(f"run {result.name} finished: {json.dumps(best)}")
+    print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")
+    print(f"checkpoint: {result.checkpoint_dir}")
+    return 0

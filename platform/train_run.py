@@ -1,0 +1,131 @@
+"""Driver side of `celltune train`: check the config against the stores, open the MLflow run, fit on Ray.
+
+A run lives in two places: Ray's storage (``<storage>/<name>``, checkpoints, what ``--resume`` restarts from)
+and one MLflow run (params, curves, pictures, the final checkpoint). A small ``celltune_run.json`` in the Ray
+folder ties them, so a resumed run keeps logging into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celltune.data_prep.errors import UserInputError
+from celltune.platform.mlflow_observer import MlflowObserver
+from celltune.platform.tracking import RunLogger, default_tracking_uri
+from celltune.trainables.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+RUN_LINK_FILE = "celltune_run.json"
+DEFAULT_EXPERIMENT = "celltune-train"
+
+
+@dataclass(frozen=True)
+class TrainRunResult:
+    name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    checkpoint_dir: Path | None
+
+
+def check_config(config: TrainConfig) -> None:
+    """Fail before Ray starts: stores exist, the model and loss names and options are valid and fit together."""
+    from celltune.trainables.data import dataset_frames
+    from celltune.trainables.losses import build_loss, loss_spec
+    from celltune.trainables.registry import validate_model
+
+    for store in config.data.stores:
+        if not Path(store).is_dir():
+            raise UserInputError(f"data.stores: {store} does not exist (run `celltune data prep` first)")
+        if not dataset_frames(Path(store), config.data.configuration, "train"):
+            raise UserInputError(f"data.stores: {store} has no training frames in data configuration "
+                                 f"{config.data.configuration!r}")
+    spec = validate_model(config.model.name, **config.model.options)
+    build_loss(config.loss.name, **config.loss.options)
+    wanted = loss_spec(config.loss.name).target_kind
+    if wanted != spec.target_kind:
+        raise UserInputError(f"loss.name: {config.loss.name!r} trains {wanted} targets but model "
+                             f"{config.model.name!r} predicts {spec.target_kind}")
+    crops = {config.data.crop_for(name) for name in config.data.dataset_names}
+    for crop in crops:
+        if crop != "short_side" and crop % spec.size_multiple:
+            raise UserInputError(f"data.crop: {crop} is not a multiple of {spec.size_multiple}, "
+                                 f"which model {config.model.name!r} needs")
+    if config.training.scheme == "mix" and len(crops) > 1:
+        raise UserInputError("training.scheme: 'mix' pools all datasets into one loader and needs one crop size")
+
+
+def dry_run_plan(config: TrainConfig) -> dict[str, Any]:
+    from celltune.trainables.ray_train import resource_plan
+
+    return {"config": config.model_dump(mode="json"), "ray": resource_plan(config)}
+
+
+def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = None, resume: bool = False,
+                 tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                 address: str | None = None, parent_run_id: str | None = None) -> TrainRunResult:
+    """Train on Ray and track in MLflow; with ``resume`` continue the run called ``name`` where it stopped."""
+    import mlflow
+
+    from celltune.data_prep.ray_session import ensure_ray
+    from celltune.trainables import ray_train
+
+    # Ray workers run in their own working directories: every path they read must be absolute.
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"stores": [Path(store).resolve() for store in config.data.stores]})})
+    check_config(config)
+    storage_path = Path(storage_path).resolve()
+    tracking_uri = tracking_uri or default_tracking_uri()
+    if resume and not name:
+        raise UserInputError("--resume needs --name of the run to continue")
+    name = name or time.strftime("train-%Y%m%d-%H%M%S")
+    run_folder = storage_path / name
+    link_file = run_folder / RUN_LINK_FILE
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if resume:
+        if not link_file.is_file():
+            raise UserInputError(f"--resume: no run named {name!r} under {storage_path}")
+        run_id = json.loads(link_file.read_text())["mlflow_run_id"]
+        client.update_run(run_id, status="RUNNING")
+    else:
+        if run_folder.exists():
+            raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
+                                 "pass --resume to continue it or choose another name")
+        experiment_id = _experiment_id(client, experiment)
+        tags = {"mlflow.runName": name, "celltune.kind": "train"}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        run_folder.mkdir(parents=True)
+        _write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracking_uri}))
+
+    observer = MlflowObserver(RunLogger(tracking_uri, run_id))
+    ensure_ray(address)
+    try:
+        result = ray_train.fit(config, storage_path=storage_path, name=name, observer=observer)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else None
+    if checkpoint_dir is not None:
+        client.log_artifacts(run_id, str(checkpoint_dir), "checkpoint")
+    client.set_terminated(run_id, status="FINISHED")
+    return TrainRunResult(name=name, mlflow_run_id=run_id, tracking_uri=tracking_uri,
+                          metrics=dict(result.metrics or {}), checkpoint_dir=checkpoint_dir)
+
+
+def _experiment_id(client, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(text)
+    scratch.replace(path)

@@ -1,0 +1,255 @@
+"""Training and validation data from celltune stores: one endless random-crop stream per dataset.
+
+Each stream is a ``DataLoader`` over an ``IterableDataset`` that draws a frame of this rank's shard, a random
+crop of it (the loss region plus ``margin`` pixels of real context, reflection-padded where the frame ends),
+one of the six flips/rotations, optional noise and intensity jitter, and the target arrays for the model's
+target kind. Stores are opened lazily by :class:`~celltune.data_prep.reader.SequenceReader` inside whichever
+process reads (zarr 3's event-loop thread must not cross a fork), and each loader worker seeds its own
+generator from (seed, rank, worker id), so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from celltune.data_prep import store_format
+from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.index import frames_for, load_index
+from celltune.data_prep.reader import SequenceReader
+from celltune.trainables.config import AugmentConfig, DataConfig
+from celltune.trainables.losses import edge_distance_weights
+from celltune.trainables.schemes import POOLED
+
+logger = logging.getLogger(__name__)
+
+CACHE_BYTES_PER_SEQUENCE = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One training or validation unit: a 2D frame, or one z-slice of a 3D frame (``z`` is None in 2D)."""
+
+    dataset: str
+    store: str
+    sequence: str
+    t: int
+    z: int | None
+    source: str  # "gt" or "st": which annotation's labels and targets belong to this unit
+
+
+@dataclass(frozen=True)
+class ValidationFrame:
+    raw: np.ndarray  # (H, W) as stored, for pictures
+    image: np.ndarray  # (H, W) float32, normalized as in training
+    labels: np.ndarray  # (H, W) reference instances
+
+
+def normalize(image: np.ndarray, stats: Mapping[str, float], method: str) -> np.ndarray:
+    """Per-sequence normalization to [0, 1]: min-max (XB-Net) or 1%-99% percentile clipping (U-SE-ResNet)."""
+    low, high = (stats["min"], stats["max"]) if method == "minmax" else (stats["p1"], stats["p99"])
+    scale = max(float(high) - float(low), 1e-6)
+    out = (image.astype(np.float32) - np.float32(low)) / np.float32(scale)
+    return np.clip(out, 0.0, 1.0) if method == "percentile" else out
+
+
+def dataset_frames(store: Path, config: str, split: str) -> list[FrameRef]:
+    """The frames of ``store`` in ``split`` of data configuration ``config``, from the folder's index."""
+    store = Path(store)
+    attrs = store_format.store_attrs(store)
+    if attrs is None or not attrs.get("complete"):
+        raise UserInputError(f"{store}: not a complete celltune store (run `celltune data prep`)")
+    dataset = attrs["dataset"]
+    rows = frames_for(load_index(store.parent), config, split, dataset).to_pylist()
+    return [FrameRef(dataset, str(store), row["sequence"], int(row["t"]), None if row["z"] < 0 else int(row["z"]),
+                     row["source"]) for row in rows]
+
+
+def crop_size_for(crop: int | str, frames: list[FrameRef], readers: Mapping[tuple[str, str], SequenceReader],
+                  size_multiple: int) -> int:
+    """``short_side``: the smallest frame side of the dataset, rounded down to the model's size multiple."""
+    if crop != "short_side":
+        return int(crop)
+    short = min(min(readers[(f.store, f.sequence)].frame_shape[-2:]) for f in frames)
+    return max(size_multiple, short // size_multiple * size_multiple)
+
+
+class RandomCrops(IterableDataset):
+    """Endless augmented random crops from a list of frames (one dataset, or all of them for ``mix``)."""
+
+    def __init__(self, frames: list[FrameRef], *, crop: int, margin: int, target_kind: str, weights: bool,
+                 normalization: str, augment: AugmentConfig, seed: int, cache_bytes: int = 0) -> None:
+        super().__init__()
+        if not frames:
+            raise UserInputError("a training stream has no frames")
+        self.frames = frames
+        self.crop = crop
+        self.margin = margin
+        self.target_kind = target_kind
+        self.weights = weights
+        self.normalization = normalization
+        self.augment = augment
+        self.seed = seed
+        self.cache_bytes = cache_bytes
+        self._readers: dict[tuple[str, str], SequenceReader] = {}
+
+    def _reader(self, frame: FrameRef) -> SequenceReader:
+        key = (frame.store, frame.sequence)
+        if key not in self._readers:
+            self._readers[key] = SequenceReader(frame.store, frame.sequence, cache_bytes=self.cache_bytes)
+        return self._readers[key]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            yield self.sample(rng)
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        frame = self.frames[int(rng.integers(len(self.frames)))]
+        reader = self._reader(frame)
+        height, width = reader.frame_shape[-2:]
+        side = self.crop
+        y0 = int(rng.integers(0, max(height - side, 0) + 1))
+        x0 = int(rng.integers(0, max(width - side, 0) + 1))
+        window = (y0 - self.margin, x0 - self.margin, side + 2 * self.margin)
+        image = normalize(_padded_crop(reader, "raw", frame, *window), reader.stats, self.normalization)
+        arrays = {"image": image[None]}
+        arrays.update(self._targets(reader, frame, window))
+        k = int(rng.integers(6)) if self.augment.flips_and_rotations else 0
+        arrays = {name: _flip_rotate(a, k) for name, a in arrays.items()}
+        image = arrays["image"]
+        if self.augment.intensity_jitter:
+            gain = 1.0 + rng.uniform(-self.augment.intensity_jitter, self.augment.intensity_jitter)
+            offset = rng.uniform(-self.augment.intensity_jitter, self.augment.intensity_jitter)
+            image = image * np.float32(gain) + np.float32(offset)
+        if self.augment.noise_std:
+            image = image + np.abs(rng.normal(0.0, self.augment.noise_std, image.shape)).astype(np.float32)
+        arrays["image"] = image
+        return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
+
+    def _targets(self, reader: SequenceReader, frame: FrameRef, window: tuple[int, int, int]) -> dict[str, np.ndarray]:
+        source = frame.source
+        if self.target_kind == "tertiary":
+            return {"target": _padded_crop(reader, f"{source}/tertiary", frame, *window).astype(np.int64)}
+        if self.target_kind == "binary":
+            out = {"target": _padded_crop(reader, f"{source}/fg", frame, *window).astype(np.int64)}
+            if self.weights:
+                out["weight"] = _padded_crop(reader, f"{source}/weight", frame, *window).astype(np.float32)
+            return out
+        mask = _padded_crop(reader, f"{source}/mask", frame, *window)
+        marker = _padded_crop(reader, f"{source}/marker", frame, *window)
+        out = {"target": np.stack([mask, marker]).astype(np.float32)}
+        if self.weights:
+            labels = _padded_crop(reader, f"{source}_seg", frame, *window)
+            out["weight"] = edge_distance_weights(labels)[None]
+        return out
+
+
+def _padded_crop(reader: SequenceReader, name: str, frame: FrameRef, y0: int, x0: int, side: int) -> np.ndarray:
+    """``side`` x ``side`` window at (y0, x0); the part outside the frame is mirrored from inside it."""
+    height, width = reader.frame_shape[-2:]
+    top, left = max(y0, 0), max(x0, 0)
+    bottom, right = min(y0 + side, height), min(x0 + side, width)
+    inner = reader.crop(name, frame.t, top, left, bottom - top, right - left, z=frame.z)
+    pads = ((top - y0, y0 + side - bottom), (left - x0, x0 + side - right))
+    if any(p for pair in pads for p in pair):
+        # "symmetric" repeats the edge pixel, so any pad width works even for small frames (np.pad tiles it).
+        inner = np.pad(inner, pads, mode="symmetric")
+    return inner
+
+
+def _flip_rotate(array: np.ndarray, k: int) -> np.ndarray:
+    """One of six: identity, h-flip, v-flip, rot 90/180/270 (XB-Net's augmentation), on the last two axes."""
+    if k == 1:
+        return array[..., :, ::-1]
+    if k == 2:
+        return array[..., ::-1, :]
+    if k >= 3:
+        return np.rot90(array, k - 2, axes=(-2, -1))
+    return array
+
+
+class TrainingStreams:
+    """One endless batch iterator per dataset (or one pooled iterator for ``mix``), this rank's shard."""
+
+    def __init__(self, data: DataConfig, *, target_kind: str, margin: int, size_multiple: int, rank: int,
+                 world_size: int, seed: int, weights: bool, pooled: bool) -> None:
+        self.names = data.dataset_names
+        self.frames_per_dataset: dict[str, int] = {}
+        self._iterators: dict[str | int, Iterator[dict[str, torch.Tensor]]] = {}
+        self._loaders: list[DataLoader] = []
+        shards: dict[str, list[FrameRef]] = {}
+        crops: dict[str, int] = {}
+        for name, store in zip(self.names, data.stores, strict=True):
+            frames = dataset_frames(Path(store), data.configuration, "train")
+            if not frames:
+                raise UserInputError(f"{store}: no training frames in data configuration {data.configuration!r}")
+            self.frames_per_dataset[name] = len(frames)
+            # Each rank trains on its own shard; a rank that would get nothing shares all frames instead.
+            shards[name] = frames[rank::world_size] or frames
+            readers = {(f.store, f.sequence): SequenceReader(f.store, f.sequence) for f in frames}
+            crops[name] = crop_size_for(data.crop_for(name), frames, readers, size_multiple)
+        common = dict(margin=margin, target_kind=target_kind, weights=weights, normalization=data.normalization,
+                      augment=data.augment, cache_bytes=CACHE_BYTES_PER_SEQUENCE if data.cache_in_ram else 0)
+        if pooled:
+            frames = [f for name in self.names for f in shards[name]]
+            dataset = RandomCrops(frames, crop=crops[self.names[0]], seed=_seed(seed, rank, -1), **common)
+            self._add(POOLED, dataset, data.batch_size_for(self.names[0]), data.loader_workers)
+        else:
+            for index, name in enumerate(self.names):
+                dataset = RandomCrops(shards[name], crop=crops[name], seed=_seed(seed, rank, index), **common)
+                self._add(name, dataset, data.batch_size_for(name), data.loader_workers)
+        self.crops = crops
+
+    def _add(self, key: str | int, dataset: RandomCrops, batch_size: int, workers: int) -> None:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+                            pin_memory=torch.cuda.is_available())
+        self._loaders.append(loader)
+        self._iterators[key] = iter(loader)
+
+    def next(self, key: str | int, device: torch.device) -> dict[str, torch.Tensor]:
+        batch = next(self._iterators[key])
+        return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+
+
+def _seed(seed: int, rank: int, stream: int) -> int:
+    return int(np.random.default_rng([seed, rank, stream + 1]).integers(2**31))
+
+
+def build_training_streams(data: DataConfig, **kwargs: Any) -> TrainingStreams:
+    return TrainingStreams(data, **kwargs)
+
+
+def load_validation_frames(data: DataConfig) -> dict[str, list[ValidationFrame]]:
+    """Every validation frame (or 3D slice) of each dataset, read whole and normalized like training."""
+    out: dict[str, list[ValidationFrame]] = {}
+    for name, store in zip(data.dataset_names, data.stores, strict=True):
+        frames = dataset_frames(Path(store), data.configuration, "val")
+        readers: dict[str, SequenceReader] = {}
+        items = []
+        for frame in frames:
+            reader = readers.setdefault(frame.sequence, SequenceReader(frame.store, frame.sequence))
+            raw = reader.frame("raw", frame.t)
+            labels = reader.frame(f"{frame.source}_seg", frame.t)
+            if frame.z is not None:
+                raw, labels = raw[frame.z], labels[frame.z]
+            items.append(ValidationFrame(raw=raw, image=normalize(raw, reader.stats, data.normalization),
+                                         labels=labels))
+        if not items:
+            logger.warning("%s has no validation frames in configuration %s", name, data.configuration)
+        out[name] = items
+    return out
+
+
+def epoch_minibatches(frames: int, batch_size: int, world_size: int) -> int:
+    """One pass over a dataset's frames, the same number on every rank (DDP needs equal step counts)."""
+    return max(1, math.ceil(frames / (batch_size * world_size)))

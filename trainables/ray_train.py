@@ -1,0 +1,95 @@
+"""The one place that calls ``ray.train``: run :func:`train_loop.train` data-parallel on a ``TorchTrainer``.
+
+DDP over gloo on CPU and NCCL on GPU; each worker gets its rank, device and DDP wrapping from Ray, reports
+metrics every evaluation, and rank 0 attaches the checkpoint. Ray Train V2 restores a run from its latest
+checkpoint when the same ``name`` and ``storage_path`` are used again (worker failures within a run are
+retried per ``max_failures``), which is what ``--resume`` relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celltune.trainables.config import TrainConfig
+from celltune.trainables.train_loop import TrainingObserver, WorkerContext, train
+
+logger = logging.getLogger(__name__)
+
+
+def _worker_entry(loop_config: dict[str, Any]) -> None:
+    """Runs inside every Ray Train worker process."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    train_context = ray.train.get_context()
+
+    def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def latest_checkpoint() -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        return Path(checkpoint.to_directory()) if checkpoint else None
+
+    context = WorkerContext(
+        rank=train_context.get_world_rank(),
+        world_size=train_context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        prepare_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
+        report=report,
+        latest_checkpoint=latest_checkpoint,
+        progress_bar=_ray_progress_bar,
+    )
+    train(config, context, loop_config.get("observer"))
+
+
+def _ray_progress_bar(total: int, initial: int, desc: str):
+    """A bar drawn by the driver's console for rank 0's steps (Ray's distributed tqdm)."""
+    from ray.experimental.tqdm_ray import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step")
+    if initial:
+        bar.update(initial)
+    return bar
+
+
+def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: TrainingObserver | None = None,
+        max_failures: int = 2):
+    """Run training on the connected Ray cluster and return Ray's ``Result`` (metrics, checkpoint, path)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = config.resources
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config={"config": config.model_dump(mode="json"), "observer": observer},
+        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),  # keep the console to the progress bar
+        ),
+    )
+    return trainer.fit()
+
+
+def resource_plan(config: TrainConfig) -> dict[str, Any]:
+    """What the run will ask Ray for, for ``--dry-run``."""
+    resources = config.resources
+    per_worker = {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}
+    return {
+        "workers": resources.num_workers,
+        "per_worker": per_worker,
+        "total": {key: value * resources.num_workers for key, value in per_worker.items()},
+        "backend": "nccl" if resources.use_gpu else "gloo",
+    }

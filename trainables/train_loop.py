@@ -1,0 +1,354 @@
+"""The training loop, top to bottom in one place: setup, data, model, optimizer, one loop.
+
+No Ray here: the Ray Train adapter (``ray_train.py``) passes a :class:`WorkerContext` that says which rank this
+is, wraps the model for DDP and carries reports and checkpoints; tests pass a plain one and read a list.
+Only rank 0 evaluates, observes (MLflow) and writes checkpoints; every rank reports at the same points.
+
+Universal training after Guo et al.: one endless loader per dataset, and under the default scheme ``acc``
+every optimizer step takes one minibatch from every dataset, back-propagates each (losses summed, not
+averaged), and lets DDP synchronise gradients only on the last backward of the round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from celltune.trainables.config import TrainConfig
+from celltune.trainables.data import (
+    ValidationFrame,
+    build_training_streams,
+    epoch_minibatches,
+    load_validation_frames,
+)
+from celltune.trainables.inference import activation_for, predict_probabilities
+from celltune.trainables.losses import build_loss, loss_spec
+from celltune.trainables.lr_schedules import build_lr_schedule
+from celltune.trainables.metrics import pixel_iou, seg_counts
+from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
+from celltune.trainables.registry import build_model, model_from_config
+from celltune.trainables.schemes import POOLED, micro_batches, optimizer_steps_per_epoch
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+BEST_MODEL_FILE = "best_model.safetensors"
+STATE_FILE = "training_state.pt"
+CONFIG_FILE = "celltune_model.json"
+MINIBATCHES_PER_DATASET_UNIVERSAL = 20  # Guo et al., Table 3: an epoch of universal training
+
+
+class TrainingObserver(Protocol):
+    """What rank 0 tells the outside world (MLflow in the platform, a list in tests)."""
+
+    def on_start(self, config: TrainConfig, model_config: Mapping[str, Any]) -> None: ...
+    def on_steps(self, records: list[tuple[int, dict[str, float]]]) -> None: ...
+    def on_evaluation(self, step: int, epoch: int, metrics: Mapping[str, float],
+                      examples: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None: ...
+    def on_end(self, checkpoint_dir: Path | None, best: Mapping[str, float]) -> None: ...
+
+
+@dataclass
+class WorkerContext:
+    """Where this process sits in the run; the defaults describe a single plain process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    prepare_model: Callable[[nn.Module], nn.Module] = lambda model: model
+    report: Callable[[dict[str, float], Path | None], None] = lambda metrics, checkpoint: None
+    latest_checkpoint: Callable[[], Path | None] = lambda: None
+    progress_bar: Callable[..., Any] = field(default=None)  # tqdm-like factory(total=, initial=, desc=), rank 0
+
+    def __post_init__(self) -> None:
+        if self.progress_bar is None:
+            from tqdm.auto import tqdm
+
+            self.progress_bar = lambda total, initial, desc: tqdm(total=total, initial=initial, desc=desc,
+                                                                  unit="step", dynamic_ncols=True)
+
+
+@dataclass
+class TrainingResult:
+    step: int
+    epoch: int
+    best: dict[str, float]
+    last: dict[str, float]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def maybe_no_sync(model: nn.Module, skip_sync: bool):
+    """Skip DDP's gradient all-reduce for all but the last micro-batch of an accumulation round."""
+    if skip_sync and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: mixed precision only on CUDA (``auto`` -> bf16 where supported, else fp16)."""
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            logger.warning("precision=%s ignored on %s: mixed precision runs on CUDA only", precision, device)
+        return None
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def steps_per_epoch_for(config: TrainConfig, frames_per_dataset: Mapping[str, int], world_size: int) -> int:
+    """Optimizer steps in one epoch: 20 minibatches per dataset for universal training, one pass otherwise."""
+    names = config.data.dataset_names
+    minibatches = config.training.steps_per_epoch
+    if minibatches is None:
+        if len(names) > 1:
+            minibatches = MINIBATCHES_PER_DATASET_UNIVERSAL
+        else:
+            minibatches = epoch_minibatches(frames_per_dataset[names[0]], config.data.batch_size_for(names[0]),
+                                            world_size)
+    return optimizer_steps_per_epoch(config.training.scheme, len(names), minibatches)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, context: WorkerContext | None = None,
+          observer: TrainingObserver | None = None) -> TrainingResult:
+    """Train ``config`` on this worker; resumes from ``context.latest_checkpoint()`` when there is one."""
+    context = context or WorkerContext()
+    is_chief = context.rank == 0
+    observer = observer if is_chief else None
+    device = context.device
+
+    # -- setup: seeds differ per rank for augmentation, the model starts identical everywhere (DDP broadcasts)
+    seed_everything(config.training.seed * 1000 + context.rank)
+    autocast_dtype = resolve_precision(config.training.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+
+    # -- model and loss
+    torch.manual_seed(config.training.seed)
+    model = build_model(config.model.name, **config.model.options)
+    spec = model.spec
+    kind = spec.target_kind
+    margin = config.data.pad if config.data.pad is not None else (16 if spec.size_multiple >= 32 else 8)
+    loss_fn = build_loss(config.loss.name, margin=margin, **config.loss.options)
+    needs = loss_spec(config.loss.name)
+    if needs.target_kind != kind:
+        raise ValueError(f"loss {config.loss.name!r} needs {needs.target_kind} targets but model "
+                         f"{config.model.name!r} predicts {kind}")
+    channels_last = config.training.channels_last
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = context.prepare_model(model)
+
+    # -- data: one endless stream per dataset (this rank's shard of frames), validation frames on rank 0
+    streams = build_training_streams(
+        config.data, target_kind=kind, margin=margin, size_multiple=spec.size_multiple,
+        rank=context.rank, world_size=context.world_size, seed=config.training.seed,
+        weights=needs.needs_weight, pooled=config.training.scheme == "mix",
+    )
+    names = config.data.dataset_names
+    validation: dict[str, list[ValidationFrame]] = load_validation_frames(config.data) if is_chief else {}
+    steps_per_epoch = steps_per_epoch_for(config, streams.frames_per_dataset, context.world_size)
+
+    # -- optimizer and schedule
+    opt = config.optimizer
+    optimizer = torch.optim.AdamW(unwrap(model).parameters(), lr=opt.lr, betas=opt.betas,
+                                  weight_decay=opt.weight_decay, amsgrad=opt.amsgrad)
+    sched = config.scheduler
+    schedule = build_lr_schedule(optimizer, sched.name, epochs=config.training.epochs, eta_min=sched.eta_min,
+                                 t0=sched.t0, t_mult=sched.t_mult, step_size=sched.step_size, gamma=sched.gamma)
+
+    # -- resume
+    step, start_epoch, best = 0, 0, {"seg_mean": -1.0}
+    best_state: dict[str, torch.Tensor] | None = None
+    resume_dir = context.latest_checkpoint()
+    if resume_dir is not None:
+        step, start_epoch, best, best_state = _restore(resume_dir, unwrap(model), optimizer, schedule, scaler)
+        logger.info("resumed from %s at step %d (epoch %d)", resume_dir, step, start_epoch)
+
+    model_config = {**unwrap(model).celltune_config, "target_kind": kind, "size_multiple": spec.size_multiple}
+    if observer:
+        observer.on_start(config, model_config)
+
+    total_steps = steps_per_epoch * config.training.epochs
+    bar = context.progress_bar(total=total_steps, initial=step, desc="training") if is_chief else None
+    last: dict[str, float] = {}
+    for epoch in range(start_epoch, config.training.epochs):
+        model.train()
+        epoch_terms: dict[str, float] = {}
+        step_records: list[tuple[int, dict[str, float]]] = []
+        started = time.perf_counter()
+        for _ in range(steps_per_epoch):
+            draws = micro_batches(config.training.scheme, step, n_datasets=len(names), seed=config.training.seed,
+                                  steps_per_epoch=steps_per_epoch, epochs=config.training.epochs)
+            batches = [streams.next(POOLED if index == POOLED else names[index], device) for index in draws]
+            step_terms = optimizer_step(model, loss_fn, batches, optimizer=optimizer, scaler=scaler,
+                                        autocast_dtype=autocast_dtype, epoch=epoch if needs.needs_epoch else None)
+            step += 1
+            for term, value in step_terms.items():
+                epoch_terms[term] = epoch_terms.get(term, 0.0) + value / steps_per_epoch
+            step_records.append((step, {**{f"loss/{k}": v for k, v in step_terms.items()},
+                                        "lr": optimizer.param_groups[0]["lr"]}))
+            if bar is not None:
+                bar.update(1)
+        schedule.step()
+        last = {f"epoch_loss/{k}": v for k, v in epoch_terms.items()}
+        last.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1, step=step,
+                    steps_per_second=steps_per_epoch / max(time.perf_counter() - started, 1e-9))
+        if observer:
+            step_records.append((step, {k: v for k, v in last.items() if k != "lr"}))
+            observer.on_steps(step_records)  # one write per epoch, every step's values
+
+        is_last = epoch + 1 == config.training.epochs
+        if (epoch + 1) % config.training.eval_every and not is_last:
+            continue
+        checkpoint_dir: Path | None = None
+        with tempfile.TemporaryDirectory(prefix="celltune-ckpt-") as scratch:
+            if is_chief:
+                scores, examples = evaluate(unwrap(model), validation, kind=kind, size_multiple=spec.size_multiple,
+                                            postprocess_params=config.postprocess, device=device,
+                                            autocast_dtype=autocast_dtype)
+                last.update(scores)
+                if scores.get("seg_mean", -1.0) > best["seg_mean"]:
+                    best = {**scores, "best_step": float(step), "best_epoch": float(epoch + 1)}
+                    best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+                last.update({f"best/{k}": v for k, v in best.items()})
+                if observer:
+                    observer.on_evaluation(step, epoch + 1, scores, examples)
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch + 1} loss {last['epoch_loss/total']:.3f} "
+                                        f"seg_mean {scores['seg_mean']:.3f} (best {best['seg_mean']:.3f})")
+                checkpoint_dir = Path(scratch)
+                _save(checkpoint_dir, config, model_config, unwrap(model), best_state, optimizer, schedule, scaler,
+                      step=step, epoch=epoch + 1, best=best)
+            context.report({k: float(v) for k, v in last.items()}, checkpoint_dir)
+    if bar is not None:
+        bar.close()
+    if observer:
+        observer.on_end(None, best)
+    return TrainingResult(step=step, epoch=config.training.epochs, best=best, last=last)
+
+
+def optimizer_step(model: nn.Module, loss_fn, batches: list[dict[str, torch.Tensor]], *, optimizer,
+                   scaler: torch.amp.GradScaler, autocast_dtype: torch.dtype | None = None,
+                   epoch: float | None = None) -> dict[str, float]:
+    """One optimizer step over one or more minibatches (one per dataset under ``acc``).
+
+    Each minibatch gets its own backward, so only one graph is alive at a time; the losses are summed, not
+    averaged (Guo et al., scheme Acc), and DDP all-reduces gradients once, on the last backward.
+    Returns the summed loss terms for logging.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    terms: dict[str, float] = {}
+    device_type = batches[0]["image"].device.type
+    for position, batch in enumerate(batches):
+        with maybe_no_sync(model, skip_sync=position < len(batches) - 1):
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(batch["image"])
+            out = loss_fn(logits, batch["target"], batch.get("weight"), epoch=epoch)
+            scaler.scale(out.total).backward()
+        for term, value in out.floats().items():
+            terms[term] = terms.get(term, 0.0) + value
+    scaler.step(optimizer)
+    scaler.update()
+    return terms
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], *, kind: str, size_multiple: int,
+             postprocess_params: Mapping[str, Any], device: torch.device,
+             autocast_dtype: torch.dtype | None = None) -> tuple[dict[str, float], dict[str, tuple]]:
+    """Predict every validation frame full-frame, post-process, and score CTC SEG and pixel IoU per dataset."""
+    params = {**DEFAULT_POSTPROCESS_PARAMS[kind], **postprocess_params}
+    scores: dict[str, float] = {}
+    examples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    seg_values, iou_values = [], []
+    for name, frames in validation.items():
+        if not frames:
+            continue
+        jaccard_sum, references, ious = 0.0, 0, []
+        for index, frame in enumerate(frames):
+            probs = predict_probabilities(model, frame.image, size_multiple=size_multiple,
+                                          activation=activation_for(kind), device=device,
+                                          amp=autocast_dtype is not None)[0]
+            predicted = postprocess(kind, probs, **params)
+            part_sum, part_count = seg_counts(frame.labels, predicted)
+            jaccard_sum += part_sum
+            references += part_count
+            ious.append(pixel_iou(frame.labels, predicted))
+            if index == 0:
+                examples[name] = (frame.raw, frame.labels, predicted)
+        seg = jaccard_sum / references if references else 0.0
+        scores[f"seg/{name}"] = seg
+        scores[f"iou/{name}"] = float(np.mean(ious))
+        seg_values.append(seg)
+        iou_values.append(scores[f"iou/{name}"])
+    scores["seg_mean"] = float(np.mean(seg_values)) if seg_values else 0.0
+    scores["iou_mean"] = float(np.mean(iou_values)) if iou_values else 0.0
+    model.train()
+    return scores, examples
+
+
+def _save(directory: Path, config: TrainConfig, model_config: Mapping[str, Any], model: nn.Module,
+          best_state: Mapping[str, torch.Tensor] | None, optimizer, schedule, scaler, *, step: int, epoch: int,
+          best: Mapping[str, float]) -> None:
+    """A checkpoint holds everything to rebuild the run and its best model; weights load without pickle."""
+    current = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(current, str(directory / MODEL_FILE))
+    save_file({k: v.contiguous() for k, v in (best_state or current).items()}, str(directory / BEST_MODEL_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "epoch": epoch, "best": dict(best)}, directory / STATE_FILE)
+    description = {
+        "model": dict(model_config),
+        "postprocess": {**DEFAULT_POSTPROCESS_PARAMS[model_config["target_kind"]], **config.postprocess},
+        "normalization": config.data.normalization,
+        "train_config": config.model_dump(mode="json"),
+        "step": step, "epoch": epoch, "best": dict(best),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(description, indent=2))
+
+
+def _restore(directory: Path, model: nn.Module, optimizer, schedule, scaler):
+    model.load_state_dict(load_file(str(directory / MODEL_FILE)))
+    state = torch.load(directory / STATE_FILE, weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    scaler.load_state_dict(state["scaler"])
+    best_state = load_file(str(directory / BEST_MODEL_FILE))
+    return int(state["step"]), int(state["epoch"]), dict(state["best"]), best_state
+
+
+def load_trained_model(checkpoint_dir: Path, *, best: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the architecture from a checkpoint's description and load its (best) weights, no unpickling."""
+    description = json.loads((Path(checkpoint_dir) / CONFIG_FILE).read_text())
+    model = model_from_config(description["model"])
+    model.load_state_dict(load_file(str(Path(checkpoint_dir) / (BEST_MODEL_FILE if best else MODEL_FILE))))
+    return model.eval(), description
+
+
+def iterate_forever(loader) -> Iterator:
+    """Cycle a finite loader without end (never zip loaders: zip stops at the shortest)."""
+    while True:
+        yield from loader
