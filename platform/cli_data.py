@@ -27,6 +27,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8", help="raw dtype (default uint8)")
     synth.add_argument("--gt-every", type=int, default=3, help="GT SEG on every k-th frame (default 3)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--gt-slices", action="store_true",
+                       help="3D only: annotate one z-slice per GT frame (man_seg_TTT_ZZZ.tif) instead of volumes")
     synth.set_defaults(handler=_synth)
 
     prep = sub.add_parser("prep", help="convert CTC training data into zarr stores and a Parquet frame index")
@@ -47,7 +49,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     download.add_argument("name", help="dataset name, e.g. DIC-C2DH-HeLa")
     download.add_argument("--out", type=Path, default=Path("data/ctc"), help="destination folder (default data/ctc)")
     download.add_argument("--base-url", default=DEFAULT_CTC_BASE_URL, help="archive base URL (default: CTC site)")
-    download.add_argument("--sha256", default=None, help="expected archive checksum (default: from the server)")
+    download.add_argument("--sha256", default=None,
+                          help="expected sha256 of the archive (default: none; member CRC-32s are always checked)")
     download.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     download.set_defaults(handler=_download)
 
@@ -58,6 +61,7 @@ def _synth(args: argparse.Namespace) -> int:
     spec = SynthSpec(
         name=args.name, ndim=args.ndim, sequences=args.sequences, frames=args.frames, size=args.size,
         depth=args.depth, cells=args.cells, dtype=args.dtype, gt_every=args.gt_every, seed=args.seed,
+        gt_slices=args.gt_slices,
     )
     path = generate_dataset(args.out, spec)
     print(f"wrote {path}")

@@ -35,10 +35,8 @@ class TrainRunResult:
 
 
 def check_config(config: TrainConfig) -> None:
-    """Fail before Ray starts: stores exist, the model and loss names and options are valid and fit together."""
+    """Fail before Ray starts: stores hold training frames, and the model, loss and thresholds fit together."""
     from celltune.trainables.data import dataset_frames
-    from celltune.trainables.losses import build_loss, loss_spec
-    from celltune.trainables.registry import validate_model
 
     for store in config.data.stores:
         if not Path(store).is_dir():
@@ -46,12 +44,28 @@ def check_config(config: TrainConfig) -> None:
         if not dataset_frames(Path(store), config.data.configuration, "train"):
             raise UserInputError(f"data.stores: {store} has no training frames in data configuration "
                                  f"{config.data.configuration!r}")
+    check_model_and_loss(config)
+
+
+def check_model_and_loss(config: TrainConfig) -> None:
+    """The parts of :func:`check_config` that need no data: names, options and their agreement."""
+    from celltune.trainables.losses import build_loss, loss_spec
+    from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
+    from celltune.trainables.registry import validate_model
+
     spec = validate_model(config.model.name, **config.model.options)
+    if "margin" in config.loss.options:
+        raise UserInputError("loss.options.margin: set data.pad instead (the loss ignores the padded border)")
     build_loss(config.loss.name, **config.loss.options)
     wanted = loss_spec(config.loss.name).target_kind
     if wanted != spec.target_kind:
         raise UserInputError(f"loss.name: {config.loss.name!r} trains {wanted} targets but model "
                              f"{config.model.name!r} predicts {spec.target_kind}")
+    allowed = DEFAULT_POSTPROCESS_PARAMS[spec.target_kind]
+    for key in config.postprocess:
+        if key not in allowed:
+            raise UserInputError(f"postprocess.{key}: not a threshold of {spec.target_kind} post-processing; "
+                                 f"allowed: {', '.join(sorted(allowed))}")
     crops = {config.data.crop_for(name) for name in config.data.dataset_names}
     for crop in crops:
         if crop != "short_side" and crop % spec.size_multiple:

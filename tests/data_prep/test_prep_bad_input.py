@@ -1,0 +1,127 @@
+"""Bad input to `celltune data prep`: exit code 2, one stderr line naming the file and the problem, and no
+store (or temporary folder) left behind. Problems found inside Ray tasks arrive as the same one-line error."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from celltune.platform.cli import main
+
+pytestmark = pytest.mark.ray
+
+DS = "Bad-2D"
+
+
+@pytest.fixture(scope="module")
+def base_src(tmp_path_factory) -> Path:
+    from celltune.data_prep.synth import SynthSpec, generate_dataset
+
+    src = tmp_path_factory.mktemp("base")
+    generate_dataset(src, SynthSpec(name=DS, frames=6, size=48, cells=3, gt_every=2, seed=4), show_progress=False)
+    return src
+
+
+def _break_file(path: Path, data: np.ndarray) -> None:
+    tifffile.imwrite(path, data, photometric="minisblack")
+
+
+def _shorten_track(ds: Path) -> None:
+    """End the first track one frame early in man_track.txt, though its marker is still in the last frame."""
+    path = ds / "01_GT" / "TRA" / "man_track.txt"
+    rows = [line.split() for line in path.read_text().splitlines()]
+    label, begin, end, parent = rows[0]
+    assert int(end) > int(begin)
+    rows[0] = [label, begin, str(int(end) - 1), parent]
+    path.write_text("".join(" ".join(r) + "\n" for r in rows))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+CASES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "missing raw folder": (lambda ds: shutil.rmtree(ds / "02"), f"{DS}/02: raw folder missing (02_GT, 02_ST exists)"),
+    "unreadable tiff": (lambda ds: (ds / "01" / "t002.tif").write_bytes(b"garbage, not a TIFF at all"),
+                        f"{DS}/01/t002.tif: unreadable TIFF"),
+    "truncated tiff": (lambda ds: _truncate(ds / "02" / "t003.tif"), f"{DS}/02/t003.tif: truncated"),
+    "label shape": (lambda ds: _break_file(ds / "01_GT/SEG/man_seg002.tif", np.zeros((40, 48), np.uint16)),
+                    f"{DS}/01_GT/SEG/man_seg002.tif: label shape (40, 48) differs from raw frame t002.tif shape "
+                    "(48, 48)"),
+    "float labels": (lambda ds: _break_file(ds / "01_ST/SEG/man_seg001.tif", np.zeros((48, 48), np.float32)),
+                     f"{DS}/01_ST/SEG/man_seg001.tif: label image has float32 dtype"),
+    "negative labels": (lambda ds: _break_file(ds / "02_GT/SEG/man_seg004.tif", np.full((48, 48), -1, np.int16)),
+                        f"{DS}/02_GT/SEG/man_seg004.tif: label image has negative values (min -1)"),
+    "man_track contradicts TRA": (_shorten_track, f"{DS}/01_GT/TRA/man_track.txt: track 1 (frames 0-4) appears in "
+                                                  "man_track005.tif, outside its frames"),
+    "man_track malformed": (lambda ds: (ds / "02_GT/TRA/man_track.txt").write_text("1 0 5\n"),
+                            f"{DS}/02_GT/TRA/man_track.txt: line 1 '1 0 5': expected four integers"),
+    "mixed 2D/3D": (lambda ds: _break_file(ds / "01" / "t004.tif", np.zeros((3, 48, 48), np.uint8)),
+                    f"{DS}/01/t004.tif: 3D frame (3, 48, 48) in a sequence of 2D frames (t000.tif is (48, 48))"),
+    "empty dataset": (lambda ds: [shutil.rmtree(p) for p in ds.iterdir()], f"{DS}: empty dataset"),
+    "no raw frames": (lambda ds: [p.unlink() for p in (ds / "01").iterdir()], f"{DS}/01: no raw frames"),
+}
+
+
+def _assert_one_line_error(capsys, code: int, expected: str) -> None:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("celltune: error: ")
+    assert expected in lines[0], lines[0]
+    assert "RayTaskError" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_and_leaves_no_store(case: str, base_src: Path, tmp_path: Path, capsys,
+                                               ray_session) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(base_src, src)
+    breaker, expected = CASES[case]
+    breaker(src / DS)
+    out = tmp_path / "out"
+    code = main(["data", "prep", str(src), "--out", str(out), "--datasets", DS, "--no-progress"])
+    _assert_one_line_error(capsys, code, expected)
+    left = [p.name for p in out.iterdir()] if out.exists() else []
+    assert not [n for n in left if ".zarr" in n], left  # neither a store nor a temporary folder
+    assert "index.parquet" not in left
+
+
+def test_target_exists_and_is_not_a_store(base_src: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / f"{DS}.zarr").mkdir(parents=True)
+    (out / f"{DS}.zarr" / "precious.txt").write_text("keep me")
+    code = main(["data", "prep", str(base_src), "--out", str(out), "--no-progress"])
+    _assert_one_line_error(capsys, code, f"{out / DS}.zarr: exists and is not a celltune store")
+    assert (out / f"{DS}.zarr" / "precious.txt").read_text() == "keep me"
+
+
+def test_unknown_dataset_name(base_src: Path, tmp_path: Path, capsys) -> None:
+    code = main(["data", "prep", str(base_src), "--out", str(tmp_path / "out"), "--datasets", "Nope"])
+    _assert_one_line_error(capsys, code, f"{base_src / 'Nope'}: dataset folder not found")
+
+
+def test_bad_dataset_does_not_touch_a_good_existing_store(base_src: Path, tmp_path: Path, capsys,
+                                                          ray_session) -> None:
+    """A failed rebuild keeps the previous complete store: the new one is built aside and never swapped in."""
+    from celltune.data_prep import store_format as sf
+
+    src = tmp_path / "src"
+    shutil.copytree(base_src, src)
+    out = tmp_path / "out"
+    assert main(["data", "prep", str(src), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    before = sf.store_attrs(out / f"{DS}.zarr")["fingerprint"]
+    _truncate(src / DS / "01" / "t001.tif")
+    code = main(["data", "prep", str(src), "--out", str(out), "--no-progress"])
+    _assert_one_line_error(capsys, code, f"{DS}/01/t001.tif: truncated")
+    assert sf.is_complete_store(out / f"{DS}.zarr")
+    assert sf.store_attrs(out / f"{DS}.zarr")["fingerprint"] == before
+    assert sorted(p.name for p in out.iterdir()) == [".prep.lock", f"{DS}.zarr", "index.parquet"]
