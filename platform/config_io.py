@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,41 +10,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from celltune.data_prep.errors import UserInputError
+from celltune.trainables.yaml_files import describe_validation_error, load_yaml_text, read_yaml
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` as a string; people write learning rates that way, so read it as a float."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserInputError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-    try:
-        data = _load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
-    return data
 
 
 def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -56,7 +23,7 @@ def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not sep or not key.strip():
             raise UserInputError(f"--set {item!r}: expected key=value, e.g. training.epochs=10")
         try:
-            value = _load(raw) if raw.strip() else ""
+            value = load_yaml_text(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = result
@@ -78,21 +45,8 @@ def validate(model: type[Model], tree: dict[str, Any], source: str) -> Model:
         raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    path = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "literal_error":
-        message = f"got {first.get('input')!r}; {first['msg'].lower()}"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{path or 'config'}: {message}{more}"
-
-
 def load_config(model: type[Model], path: Path, overrides: Iterable[str] = ()) -> Model:
-    return validate(model, apply_overrides(read_yaml(path), overrides), str(path))
+    return validate(model, apply_overrides(read_yaml(path, "config"), overrides), str(path))
 
 
 def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:

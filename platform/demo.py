@@ -1,7 +1,8 @@
-"""The main job on embedded defaults: generate sample data, prepare it, and show what was built.
+"""The main job on embedded defaults: generate sample data, prepare it, train on it, and say where to look.
 
-Everything lands in one working folder (default ``./celltune-demo``) so a user can look at it, rerun it
-(data prep is incremental) or delete it. Later stages (search, registry, prediction) extend this job.
+Everything lands in one working folder (default ``./celltune-demo``): the CTC-layout sample data, the stores,
+Ray's run folders and the MLflow SQLite database, so a user can look at it, rerun it (data prep is
+incremental) or delete it. Later stages (search, registry, prediction) extend this job.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class DemoPaths:
     def stores(self) -> Path:
         return self.root / "stores"
 
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+
+DEMO_TRAIN_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_train.yaml"
+
 
 def run_demo(workdir: Path, address: str | None = None, show_progress: bool = True) -> DemoPaths:
     """Generate the demo datasets (once) and convert them to stores, returning where everything is."""
@@ -60,10 +72,26 @@ def add_parser(commands) -> None:
     demo.set_defaults(handler=_demo)
 
 
+def train_demo(paths: DemoPaths, address: str | None = None):
+    """Universal training of the demo config on the demo stores, tracked in the demo's MLflow database."""
+    from celltune.platform.config_io import load_config
+    from celltune.platform.train_run import run_training
+    from celltune.trainables.config import TrainConfig
+
+    config = load_config(TrainConfig, DEMO_TRAIN_CONFIG)
+    stores = [paths.stores / Path(store).name for store in config.data.stores]
+    config = config.model_copy(update={"data": config.data.model_copy(update={"stores": stores})})
+    return run_training(config, storage_path=paths.runs, tracking_uri=paths.tracking_uri, address=address)
+
+
 def _demo(args) -> int:
     from celltune.data_prep.info import describe_stores
 
     paths = run_demo(args.workdir, address=args.address, show_progress=not args.no_progress)
     print(describe_stores(paths.stores))
-    print(f"\nsample data: {paths.ctc}\nstores:      {paths.stores}")
+    result = train_demo(paths, address=args.address)
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.metrics.items()) if k.startswith("best/seg"))
+    print(f"\ntrained {result.name}: {scores}")
+    print(f"\nsample data: {paths.ctc}\nstores:      {paths.stores}\ncheckpoint:  {result.checkpoint_dir}")
+    print(f"look at the runs: mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1")
     return 0

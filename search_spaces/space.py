@@ -62,7 +62,6 @@ import itertools
 import json
 import logging
 import math
-import re
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -70,11 +69,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from celltune.data_prep.errors import UserInputError
 from celltune.trainables.config import TrainConfig
+from celltune.trainables.yaml_files import describe_validation_error, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -373,65 +372,6 @@ class SearchSpace:
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 says string) and rejects repeated keys."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            repeated = key in seen
-            seen.add(key)
-        except TypeError:
-            continue  # unhashable keys: construct_mapping reports them
-        if repeated:
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """A YAML mapping from ``path``; one-line errors for unreadable files, bad YAML and non-mappings."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserInputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise UserInputError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: a {what} must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """The first pydantic error as ``dotted.key: problem`` (one line)."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    path = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "literal_error":
-        message = f"got {first.get('input')!r}; {message[0].lower()}{message[1:]}"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{path or 'file'}: {message}{more}"
 
 
 def shipped_spaces() -> dict[str, Path]:

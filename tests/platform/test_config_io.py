@@ -54,5 +54,5 @@ def test_unreadable_or_non_mapping_yaml(tmp_path):
         load_config(TrainConfig, tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed")
-    with pytest.raises(UserInputError, match="bad.yaml: line 1 invalid YAML"):
+    with pytest.raises(UserInputError, match="bad.yaml: line 1: invalid YAML"):
         load_config(TrainConfig, bad)
