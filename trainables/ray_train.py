@@ -9,6 +9,7 @@ retried per ``max_failures``), which is what ``--resume`` relies on.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,12 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
 
     def latest_checkpoint() -> Path | None:
         checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint else None
+        if checkpoint is None:
+            return None
+        # A folder of this rank's own: the default one is shared by the ranks of a node, and one rank
+        # rewriting files another is reading crashed workers on resume.
+        scratch = tempfile.mkdtemp(prefix=f"celltune-resume-rank{train_context.get_world_rank()}-")
+        return Path(checkpoint.to_directory(scratch))
 
     context = WorkerContext(
         rank=train_context.get_world_rank(),

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from celltune.trainables.config import TrainConfig
@@ -330,13 +330,18 @@ def _save(directory: Path, config: TrainConfig, model_config: Mapping[str, Any],
     (directory / CONFIG_FILE).write_text(json.dumps(description, indent=2))
 
 
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file read into memory (no pickle, and no mmap of a file someone may replace)."""
+    return load(Path(path).read_bytes())
+
+
 def _restore(directory: Path, model: nn.Module, optimizer, schedule, scaler):
-    model.load_state_dict(load_file(str(directory / MODEL_FILE)))
+    model.load_state_dict(load_weights(directory / MODEL_FILE))
     state = torch.load(directory / STATE_FILE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
-    best_state = load_file(str(directory / BEST_MODEL_FILE))
+    best_state = load_weights(directory / BEST_MODEL_FILE)
     return int(state["step"]), int(state["epoch"]), dict(state["best"]), best_state
 
 
@@ -344,7 +349,7 @@ def load_trained_model(checkpoint_dir: Path, *, best: bool = True) -> tuple[nn.M
     """Rebuild the architecture from a checkpoint's description and load its (best) weights, no unpickling."""
     description = json.loads((Path(checkpoint_dir) / CONFIG_FILE).read_text())
     model = model_from_config(description["model"])
-    model.load_state_dict(load_file(str(Path(checkpoint_dir) / (BEST_MODEL_FILE if best else MODEL_FILE))))
+    model.load_state_dict(load_weights(Path(checkpoint_dir) / (BEST_MODEL_FILE if best else MODEL_FILE)))
     return model.eval(), description
 
 
