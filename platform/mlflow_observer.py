@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from celltune.platform.plots import learning_curve_figure, overlay_figure
-from celltune.platform.tracking import RunLogger, environment_info, flatten_params
+from celltune.platform.tracking import RunLogger, environment_info, flatten_params, metric_name
 
 CURVE_KEYS = ("loss/total", "epoch_loss/total", "seg_mean")
 
@@ -65,4 +65,4 @@ class MlflowObserver:
 
     def _remember(self, step: int, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():
-            self.history.setdefault(key, []).append((step, float(value)))
+            self.history.setdefault(metric_name(key), []).append((step, float(value)))

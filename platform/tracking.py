@@ -19,6 +19,12 @@ logger = logging.getLogger(__name__)
 SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH)", re.I)
 MASK = "***"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+_NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. :/]")
+
+
+def metric_name(key: str) -> str:
+    """A metric key MLflow accepts: dataset names like ``Fluo-N2DH-SIM+`` become ``Fluo-N2DH-SIMplus``."""
+    return _NOT_IN_METRIC_NAMES.sub(lambda match: "plus" if match.group() == "+" else "_", key)
 
 
 def default_tracking_uri(cwd: Path | None = None) -> str:
@@ -79,7 +85,7 @@ class RunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(key=k, value=float(v), timestamp=now, step=int(step))
+        batch = [Metric(key=metric_name(k), value=float(v), timestamp=now, step=int(step))
                  for step, metrics in records for k, v in metrics.items()]
         client = self.client()
         for start in range(0, len(batch), 1000):

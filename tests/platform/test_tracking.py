@@ -48,3 +48,13 @@ def test_run_logger_survives_pickling_and_logs(sqlite_run):
     assert run.data.metrics == {"loss": 0.5, "lr": 1e-4}
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [3]
     assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]
+
+
+def test_metric_names_mlflow_rejects_are_made_acceptable(sqlite_run):
+    from celltune.platform.tracking import metric_name
+
+    assert metric_name("seg/Fluo-N2DH-SIM+") == "seg/Fluo-N2DH-SIMplus"
+    assert metric_name("seg/DIC-C2DH-HeLa") == "seg/DIC-C2DH-HeLa"
+    uri, run_id, client = sqlite_run
+    RunLogger(uri, run_id).log_metrics({"seg/Fluo-N2DH-SIM+": 0.5, "iou/a(b)": 0.1}, step=1)
+    assert client.get_run(run_id).data.metrics == {"seg/Fluo-N2DH-SIMplus": 0.5, "iou/a_b_": 0.1}
