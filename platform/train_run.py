@@ -17,6 +17,7 @@ from typing import Any
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.tracking import RunLogger, default_tracking_uri
+from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -45,34 +46,6 @@ def check_config(config: TrainConfig) -> None:
             raise UserInputError(f"data.stores: {store} has no training frames in data configuration "
                                  f"{config.data.configuration!r}")
     check_model_and_loss(config)
-
-
-def check_model_and_loss(config: TrainConfig) -> None:
-    """The parts of :func:`check_config` that need no data: names, options and their agreement."""
-    from celltune.trainables.losses import build_loss, loss_spec
-    from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-    from celltune.trainables.registry import validate_model
-
-    spec = validate_model(config.model.name, **config.model.options)
-    if "margin" in config.loss.options:
-        raise UserInputError("loss.options.margin: set data.pad instead (the loss ignores the padded border)")
-    build_loss(config.loss.name, **config.loss.options)
-    wanted = loss_spec(config.loss.name).target_kind
-    if wanted != spec.target_kind:
-        raise UserInputError(f"loss.name: {config.loss.name!r} trains {wanted} targets but model "
-                             f"{config.model.name!r} predicts {spec.target_kind}")
-    allowed = DEFAULT_POSTPROCESS_PARAMS[spec.target_kind]
-    for key in config.postprocess:
-        if key not in allowed:
-            raise UserInputError(f"postprocess.{key}: not a threshold of {spec.target_kind} post-processing; "
-                                 f"allowed: {', '.join(sorted(allowed))}")
-    crops = {config.data.crop_for(name) for name in config.data.dataset_names}
-    for crop in crops:
-        if crop != "short_side" and crop % spec.size_multiple:
-            raise UserInputError(f"data.crop: {crop} is not a multiple of {spec.size_multiple}, "
-                                 f"which model {config.model.name!r} needs")
-    if config.training.scheme == "mix" and len(crops) > 1:
-        raise UserInputError("training.scheme: 'mix' pools all datasets into one loader and needs one crop size")
 
 
 def dry_run_plan(config: TrainConfig) -> dict[str, Any]:

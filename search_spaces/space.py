@@ -59,7 +59,6 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-import json
 import logging
 import math
 import types
@@ -539,8 +538,6 @@ class _SpaceChecker:
         self.tree = tree
         self.parameters = parameters
         self.structural = {k for k in parameters.keys() if k in STRUCTURAL_KEYS}
-        self.models: dict[str, Any] = {}
-        self.losses: dict[str, Any] = {}
         self.kinds: set[str] = set()
 
     def run(self) -> tuple[str, ...]:
@@ -599,29 +596,9 @@ class _SpaceChecker:
             raise UserInputError(f"{self.source}: {label}: {exc}") from None
 
     def _check_model_and_loss(self, config: TrainConfig) -> None:
-        from celltune.trainables.losses import build_loss, loss_spec
-        from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-        from celltune.trainables.registry import did_you_mean, validate_model
+        from celltune.trainables.compatibility import check_model_and_loss
 
-        model_key = json.dumps([config.model.name, config.model.options], sort_keys=True, default=str)
-        if model_key not in self.models:
-            self.models[model_key] = validate_model(config.model.name, **config.model.options)
-        spec = self.models[model_key]
-        loss_key = json.dumps([config.loss.name, config.loss.options], sort_keys=True, default=str)
-        if loss_key not in self.losses:
-            build_loss(config.loss.name, **config.loss.options)
-            self.losses[loss_key] = loss_spec(config.loss.name)
-        wanted = self.losses[loss_key].target_kind
-        if wanted != spec.target_kind:
-            raise UserInputError(f"loss {config.loss.name!r} trains {wanted} targets but model "
-                                 f"{config.model.name!r} predicts {spec.target_kind}")
-        accepted = DEFAULT_POSTPROCESS_PARAMS[spec.target_kind]
-        for name in config.postprocess:
-            if name not in accepted:
-                raise UserInputError(did_you_mean("post-processing parameter", name, accepted,
-                                                  context=f"postprocess of {spec.target_kind} model "
-                                                          f"{config.model.name!r}: "))
-        self.kinds.add(spec.target_kind)
+        self.kinds.add(check_model_and_loss(config).target_kind)
 
 
 def _describe(values: Mapping[str, Any]) -> str:

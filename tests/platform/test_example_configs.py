@@ -6,7 +6,7 @@ import pytest
 
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.config_io import load_config
-from celltune.platform.train_run import check_model_and_loss
+from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "platform" / "configs").glob("*.yaml"))
@@ -27,7 +27,7 @@ def test_shipped_config_validates(path):
     [
         ("loss.name=edge_bce", "trains mask_marker targets but model 'xbnet' predicts tertiary"),
         ("data.crop=100", "data.crop: 100 is not a multiple of 16"),
-        ("postprocess.marker_threshold=0.5", "postprocess.marker_threshold: not a threshold of tertiary"),
+        ("postprocess.marker_threshold=0.5", "unknown post-processing parameter .marker_threshold."),
         ("model.options.width=12", "width"),
         ("loss.options.margin=4", "set data.pad instead"),
     ],
