@@ -150,8 +150,9 @@ ERRORS = [
      "parameters.optimizer.lr=0.0: optimizer.lr: Input should be greater than 0"),
     ("model.options.norm: {choice: [batch, instance]}", "parameters.model.options.norm='instance': unet: "
                                                         "norm='instance' is not supported"),
-    ("model.name: {choice: [unet, u_se_resnet]}", "parameters model.name='u_se_resnet': loss 'ce' trains tertiary "
-                                                  "targets but model 'u_se_resnet' predicts mask_marker"),
+    ("model.name: {choice: [unet, u_se_resnet]}", "parameters model.name='u_se_resnet': loss.name: 'ce' "
+                                                  "trains tertiary targets but model 'u_se_resnet' "
+                                                  "predicts mask_marker"),
     ("data.crop.C: {choice: [64]}", "parameters.data.crop.C=64: data.crop is a value (64), not a section, so "
                                     "data.crop.C cannot be set"),
 ]
