@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from celltune.data_prep.ray_session import ensure_ray
 from celltune.platform.demo import run_demo
 from celltune.trainables import ray_train
@@ -42,13 +44,15 @@ def config_for(stores: Path, name: str, options: dict, loss: str, args) -> Train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6, help="minibatches per dataset per epoch")
+    parser.add_argument("--steps", type=int, default=12, help="minibatches per dataset per epoch")
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="celltune-bench-train-"))
     stores = run_demo(work, show_progress=False).stores
     ensure_ray(num_cpus=2)
+    # Ray gives each worker as many threads as CPUs it asked for (1); the plain loop gets the same.
+    torch.set_num_threads(1)
     samples_per_step = args.batch * 2  # scheme acc: one minibatch from each of the two datasets
     rows = []
     for name, (options, loss) in ARCHITECTURES.items():
