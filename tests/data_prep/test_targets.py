@@ -1,4 +1,9 @@
-"""Targets: hand-worked tertiary maps, markers and weight maps, plus per-cell reference implementations."""
+"""Targets: hand-worked tertiary maps, markers and weight maps, plus per-cell reference implementations.
+
+The references are straightforward (per cell, or whole-image scipy filters, or one distance transform per
+cell over the whole image) and are also run on real CTC frames, so the tiled and partner-box code paths of
+the module are checked against them on the data they were tuned for.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,17 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
+from celltune.data_prep import targets
 from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.targets import (
     TERTIARY_BOUNDARY,
     TERTIARY_CELL,
     _box_reduce,
+    _foreground_tiles,
+    _groups,
     marker_erosion_for,
     mask_marker_target,
     target_parameters,
@@ -38,20 +47,59 @@ def _blobs(shape: tuple[int, ...], n: int, seed: int, dtype=np.int32) -> np.ndar
 
 
 def _tertiary_per_cell(labels: np.ndarray, dilation: int, ring: int) -> np.ndarray:
-    """Guo et al. Algorithm 1 written cell by cell, straight from the paper's description."""
+    """Guo et al. Algorithm 1 written cell by cell, straight from the paper's description.
+
+    Each cell is handled in its bounding box grown by more than both widths, which holds everything the
+    cell's dilation, erosion and ring window can reach.
+    """
     cross = ndimage.generate_binary_structure(labels.ndim, 1)
     window = np.ones((2 * ring + 1,) * labels.ndim, dtype=bool)
     out = np.zeros(labels.shape, dtype=np.uint8)
-    for label in np.unique(labels[labels > 0]):
-        cell = labels == label
-        grown = ndimage.binary_dilation(cell, structure=cross, iterations=dilation)
-        out[grown & (labels == 0)] = TERTIARY_BOUNDARY
-        out[cell] = TERTIARY_CELL
+    pad = max(dilation, ring) + 1
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        grown = tuple(
+            slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, labels.shape, strict=True)
+        )
+        sub, view = labels[grown], out[grown]
+        cell = sub == label
+        near = ndimage.binary_dilation(cell, structure=cross, iterations=dilation) if dilation else cell
+        view[near & (sub == 0)] = TERTIARY_BOUNDARY
+        view[cell] = TERTIARY_CELL
         ring_pixels = cell & ~ndimage.binary_erosion(cell, structure=window, border_value=1)
-        others = (labels > 0) & ~cell
-        near_other = ndimage.binary_dilation(others, structure=window)
-        out[ring_pixels & near_other] = TERTIARY_BOUNDARY
+        near_other = ndimage.binary_dilation((sub > 0) & ~cell, structure=window)
+        view[ring_pixels & near_other] = TERTIARY_BOUNDARY
     return out
+
+
+def _mask_marker_filters(labels: np.ndarray, erosion: int) -> np.ndarray:
+    """Mask and marker from whole-image scipy rank filters, plus the most-interior seed of lost cells."""
+    size = (erosion,) * 2 if labels.ndim == 2 else (min(erosion, 3), erosion, erosion)
+    top = ndimage.maximum_filter(labels, size=size, mode="nearest")
+    bottom = ndimage.minimum_filter(labels, size=size, mode="nearest")
+    marker = (labels > 0) & (top == labels) & (bottom == labels)
+    for label in set(np.unique(labels[labels > 0])) - set(np.unique(labels[marker])):
+        cell = labels == label
+        depth = ndimage.distance_transform_edt(np.pad(cell, 1))[(slice(1, -1),) * labels.ndim]
+        depth[~cell] = 0
+        blobs, _ = ndimage.label(depth == depth.max(), structure=np.ones((3,) * labels.ndim))
+        marker |= blobs == 1
+    return np.stack([labels > 0, marker]).astype(np.uint8)
+
+
+def _sparse_frame() -> np.ndarray:
+    """A mostly empty 260x300 frame: far-apart groups, touching and close pairs, cells at the image edge."""
+    labels = np.zeros((260, 300), dtype=np.uint16)
+    labels[10:30, 10:40] = 3
+    labels[10:30, 40:60] = 9  # touches 3
+    labels[34:50, 20:45] = 4  # 4 px below 3
+    labels[120:150, 200:230] = 12  # alone in the middle
+    labels[230:260, 0:25] = 7  # cut by the image corner
+    labels[240:255, 30:50] = 8  # 5 px right of 7
+    labels[100:104, 290:300] = 2  # thin, at the right edge
+    labels[200:205, 150:152] = 5  # too small for most erosions
+    return labels
 
 
 def test_tertiary_two_touching_squares_exact_map():
@@ -117,7 +165,10 @@ def test_bad_labels_raise_user_input_error(labels, message):
             call(labels)
 
 
-@pytest.mark.parametrize("size", [(5, 5), (2, 2), (20, 20), (3, 2, 2), (1, 4, 7), (9, 1)])
+@pytest.mark.parametrize(
+    "size",
+    [(5, 5), (2, 2), (20, 20), (3, 2, 2), (1, 4, 7), (9, 1), (7, 8), (16, 13), (40, 3), (2, 33, 31), (3, 10, 20)],
+)
 def test_box_reduce_equals_scipy_rank_filters(size):
     rng = np.random.default_rng(0)
     array = rng.integers(0, 50, size=(7, 31, 29)[-len(size) :]).astype(np.uint16)
@@ -205,8 +256,14 @@ def test_marker_erosion_table():
     assert marker_erosion_for("BF-C2DL-HSC") == 5
 
 
+def _separated(labels: np.ndarray) -> np.ndarray:
+    """The paper's split of touching cells: a pixel next to (8-connected) a higher id becomes background."""
+    return (labels > 0) & (ndimage.maximum_filter(labels, size=3, mode="nearest") == labels)
+
+
 def _weights_brute_force(labels: np.ndarray, w0: float, sigma: float) -> np.ndarray:
-    foreground, _ = unet_weight_map(labels, w0=0.0, sigma=sigma)
+    """Exact map: one distance transform of the whole image per cell, no cut-off."""
+    foreground = _separated(labels)
     kept = np.where(foreground > 0, labels, 0)
     distances = np.stack([ndimage.distance_transform_edt(kept != label) for label in np.unique(kept[kept > 0])])
     distances.sort(axis=0)
@@ -228,8 +285,34 @@ def test_weight_map_peaks_in_the_gap_between_close_cells():
     assert weight[10, 18] == pytest.approx(w_bg + 10 * np.exp(-9 / 50), rel=1e-5)
     assert weight[10, 10] == pytest.approx(w_fg)
     assert weight[10, 18] == weight.max()
-    # Far from the gap the border term is small: d1 = 2, d2 = 17 at (10, 3).
-    assert weight[10, 3] == pytest.approx(w_bg + 10 * np.exp(-(19**2) / 50), rel=1e-5)
+    # Away from the gap the term fades: d1 = 1, d2 = 16 at (10, 4) still counts (0.031) ...
+    assert weight[10, 4] == pytest.approx(w_bg + 10 * np.exp(-(17**2) / 50), rel=1e-5)
+    # ... d1 = 2, d2 = 17 at (10, 3) gives 10 exp(-361 / 50) = 0.007 < 0.01, which is dropped.
+    assert weight[10, 3] == pytest.approx(w_bg, rel=1e-6)
+
+
+def test_weight_map_keeps_terms_down_to_the_cut_off():
+    labels = np.zeros((30, 40), dtype=np.uint16)
+    labels[:, 1] = 1
+    labels[10, 19] = 2  # a one-pixel cell 18 columns right of cell 1
+    _, weight = unet_weight_map(labels)
+    w_bg = labels.size / (2 * (labels.size - 31))
+    # Row 10 between the cells: d1 + d2 = 18 everywhere (distances add up along the line): 0.0153.
+    np.testing.assert_allclose(weight[10, 2:19], w_bg + 10 * np.exp(-(18**2) / 50), rtol=1e-5)
+    # Three rows up, next to cell 1: d1 + d2 = 1 + sqrt(17^2 + 3^2) = 18.26, term 0.0127 still counts.
+    assert weight[7, 2] == pytest.approx(w_bg + 10 * np.exp(-((1 + np.sqrt(298)) ** 2) / 50), rel=1e-5)
+    # Beyond cell 2: d1 + d2 = 3 + 20 = 23, term 0.0026: dropped.
+    assert weight[10, 22] == pytest.approx(w_bg, rel=1e-6)
+
+
+def test_weight_map_ignores_a_cell_that_gives_up_every_pixel():
+    labels = np.zeros((20, 20), dtype=np.uint8)
+    labels[0:10, 1] = 1  # one pixel wide, touching the higher id 2 along its whole length
+    labels[0:10, 2:10] = 2
+    foreground, weight = unet_weight_map(labels)
+    np.testing.assert_array_equal(foreground, labels == 2)
+    # Only one cell is left, so there is no second-nearest cell and no border term anywhere.
+    np.testing.assert_allclose(weight, np.where(labels == 2, 400 / (2 * 80), 400 / (2 * 320)), rtol=1e-6)
 
 
 def test_weight_map_splits_touching_cells_with_a_one_pixel_gap():
@@ -258,6 +341,167 @@ def test_weight_map_3d_and_degenerate_frames():
     assert empty_fg.sum() == 0 and np.all(empty_w == 1.0)
     with pytest.raises(UserInputError, match="sigma=0"):
         unet_weight_map(labels, sigma=0)
+
+
+def _weights_previous(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The implementation replaced by the partner boxes: a distance transform per cell in its box + margin.
+
+    Kept as the reference the faster code must match to 0.01 (it keeps sub-0.01 terms where boxes overlap).
+    """
+    foreground = _separated(labels)
+    n_total, n_fg = foreground.size, int(foreground.sum())
+    weight = np.ones(labels.shape, dtype=np.float32)
+    if n_fg and n_total - n_fg:
+        weight[foreground] = n_total / (2.0 * n_fg)
+        weight[~foreground] = n_total / (2.0 * (n_total - n_fg))
+    margin = int(np.ceil(sigma * np.sqrt(2.0 * np.log(max(w0 / 0.01, 1.0 + 1e-9)))))
+    kept = np.where(foreground, labels, 0)
+    d1 = np.full(labels.shape, np.inf, dtype=np.float32)
+    d2 = np.full(labels.shape, np.inf, dtype=np.float32)
+    for label, box in enumerate(ndimage.find_objects(kept), start=1):
+        if box is None:
+            continue
+        grown = tuple(
+            slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, labels.shape, strict=True)
+        )
+        distance = ndimage.distance_transform_edt(kept[grown] != label).astype(np.float32)
+        near, second = d1[grown], d2[grown]
+        second[...] = np.minimum(second, np.maximum(near, distance))
+        near[...] = np.minimum(near, distance)
+    background = ~foreground & np.isfinite(d2)
+    total = d1[background] + d2[background]
+    weight[background] += (w0 * np.exp(-(total**2) / (2.0 * sigma**2))).astype(np.float32)
+    return foreground.astype(np.uint8), weight
+
+
+def test_weight_map_on_a_sparse_frame_matches_the_references():
+    labels = _sparse_frame()
+    labels[60:90, 100:101] = 20  # one pixel wide, touching 21: gives up every pixel
+    labels[60:90, 101:120] = 21
+    labels[150:200, 40:45] = 30  # an L whose box corner (empty) comes close to 31
+    labels[195:200, 40:80] = 30
+    labels[160:175, 60:75] = 31
+    foreground, weight = unet_weight_map(labels)
+    np.testing.assert_array_equal(foreground, _separated(labels))
+    assert not foreground[labels == 20].any()
+    np.testing.assert_allclose(weight, _weights_brute_force(labels, 10.0, 5.0), atol=0.01, rtol=0)
+    np.testing.assert_allclose(weight, _weights_previous(labels)[1], atol=0.01, rtol=0)
+    # The lone cell 12 is more than 18.6 px from every other cell: no border term around it.
+    ring = ndimage.binary_dilation(labels == 12, iterations=5) & (labels == 0)
+    assert np.all(weight[ring] == weight[0, 299])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+@pytest.mark.parametrize("w0, sigma", [(10.0, 5.0), (3.0, 12.0), (0.005, 5.0)])
+def test_weight_map_dtypes_and_parameters_match_brute_force(dtype, w0, sigma):
+    labels = _blobs((70, 90), 14, seed=7, dtype=dtype)
+    if dtype == np.int64:
+        labels[labels > 0] += 2**40  # ids far beyond any bincount or find_objects table
+    foreground, weight = unet_weight_map(labels, w0=w0, sigma=sigma)
+    np.testing.assert_array_equal(foreground, _separated(labels))
+    np.testing.assert_allclose(weight, _weights_brute_force(labels, w0, sigma), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("region_cost, dense_share", [(0, 2.0), (10**9, 2.0), (0, 0.0)])
+def test_contact_filters_are_the_same_per_pair_or_over_the_crop(monkeypatch, region_cost, dense_share):
+    # region_cost 0 makes per-pair regions always win, 10**9 forces the one whole-crop filter; dense_share 0
+    # makes tertiary_target look for touching cells over its tiles instead.
+    monkeypatch.setattr(targets, "_REGION_COST", region_cost)
+    monkeypatch.setattr(targets, "_DENSE_SHARE", dense_share)
+    for labels in (_sparse_frame(), _blobs((80, 70), 20, seed=8), _blobs((10, 30, 30), 8, seed=9)):
+        foreground, _ = unet_weight_map(labels, w0=0.0)
+        np.testing.assert_array_equal(foreground, _separated(labels))
+        for ring in (1, 2, 4):
+            dilation = 2 if labels.ndim == 2 else 5
+            np.testing.assert_array_equal(
+                tertiary_target(labels, ring_width=ring), _tertiary_per_cell(labels, dilation, ring)
+            )
+
+
+def test_groups_follow_chains_of_edges_in_any_order():
+    groups = _groups(8, np.array([6, 3, 1, 5]), np.array([5, 0, 2, 3]))  # 0-3-5-6 and 1-2; 4 and 7 alone
+    assert [set(np.flatnonzero(groups == g)) for g in np.unique(groups)] == [{0, 3, 5, 6}, {1, 2}, {4}, {7}]
+
+
+@pytest.mark.parametrize("grow", [0, 2, 5, 20])
+def test_foreground_tiles_are_disjoint_and_hold_every_neighbourhood(monkeypatch, grow):
+    monkeypatch.setattr(targets, "_TILE_COST", 0)  # cut along every wide enough empty band
+    labels = _sparse_frame()
+    tiles = _foreground_tiles(labels > 0, grow)
+    cover = np.zeros(labels.shape, dtype=int)
+    for box in tiles:
+        cover[box] += 1
+    assert cover.max() == 1
+    window = np.ones((2 * grow + 1,) * 2, dtype=bool)
+    near = ndimage.binary_dilation(labels > 0, structure=window) if grow else labels > 0
+    assert np.all(cover[near] == 1)
+    if grow <= 5:
+        assert len(tiles) > 3  # the distant groups do get their own tiles
+
+
+@pytest.mark.parametrize("tile_cost", [0, targets._TILE_COST])
+@pytest.mark.parametrize("dilation, ring", [(2, 2), (0, 1), (3, 0), (5, 4)])
+def test_tertiary_on_a_sparse_frame_matches_per_cell_algorithm(monkeypatch, tile_cost, dilation, ring):
+    monkeypatch.setattr(targets, "_TILE_COST", tile_cost)
+    labels = _sparse_frame()
+    np.testing.assert_array_equal(
+        tertiary_target(labels, dilation_iterations=dilation, ring_width=ring),
+        _tertiary_per_cell(labels, dilation, ring),
+    )
+
+
+@pytest.mark.parametrize("tile_cost", [0, targets._TILE_COST])
+@pytest.mark.parametrize("erosion", [2, 3, 5, 10, 20])
+def test_marker_on_a_sparse_frame_matches_whole_image_filters(monkeypatch, tile_cost, erosion):
+    monkeypatch.setattr(targets, "_TILE_COST", tile_cost)
+    labels = _sparse_frame()
+    np.testing.assert_array_equal(mask_marker_target(labels, erosion), _mask_marker_filters(labels, erosion))
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([[0, 3, 3, 0, 0, 5, 5, 5, 0, 2]], dtype=np.uint16),
+        np.array([[1], [1], [0], [4], [4], [0], [0], [7]], dtype=np.uint8),
+        _blobs((9, 40, 36), 10, seed=11, dtype=np.uint16),
+    ],
+    ids=["one-row", "one-column", "3d"],
+)
+def test_thin_and_3d_frames_match_references(labels):
+    dilation = 2 if labels.ndim == 2 else 5
+    np.testing.assert_array_equal(tertiary_target(labels), _tertiary_per_cell(labels, dilation, 2))
+    for erosion in (2, 3, 5):
+        np.testing.assert_array_equal(mask_marker_target(labels, erosion), _mask_marker_filters(labels, erosion))
+    foreground, weight = unet_weight_map(labels)
+    np.testing.assert_array_equal(foreground, _separated(labels))
+    np.testing.assert_allclose(weight, _weights_brute_force(labels, 10.0, 5.0), atol=0.01, rtol=0)
+
+
+# Real frames named in the speed-up work: many and few GOWT1 nuclei on 1024x1024, HeLa silver and gold
+# truth (touching cells, erosion 20), SIM+ with cells cut by the image edge.
+_REAL_FRAMES = [
+    ("Fluo-N2DH-GOWT1/02_GT/SEG/man_seg052.tif", False),
+    ("Fluo-N2DH-GOWT1/01_GT/SEG/man_seg002.tif", True),
+    ("DIC-C2DH-HeLa/01_ST/SEG/man_seg010.tif", True),
+    ("DIC-C2DH-HeLa/02_GT/SEG/man_seg006.tif", True),
+    ("Fluo-N2DH-SIM+/02_GT/SEG/man_seg133.tif", False),
+    ("Fluo-N2DH-SIM+/01_GT/SEG/man_seg040.tif", False),
+]
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("name, exact", _REAL_FRAMES)
+def test_targets_on_real_frames_match_the_references(ctc_data_dir, name, exact):
+    labels = tifffile.imread(ctc_data_dir / name)
+    foreground, weight = unet_weight_map(labels)
+    previous_foreground, previous_weight = _weights_previous(labels)
+    np.testing.assert_array_equal(foreground, previous_foreground)
+    np.testing.assert_allclose(weight, previous_weight, atol=0.01, rtol=0)
+    if exact:  # one whole-image distance transform per cell: only for frames with few cells or pixels
+        np.testing.assert_allclose(weight, _weights_brute_force(labels, 10.0, 5.0), atol=0.01, rtol=0)
+    np.testing.assert_array_equal(tertiary_target(labels), _tertiary_per_cell(labels, 2, 2))
+    erosion = marker_erosion_for(name.split("/")[0])
+    np.testing.assert_array_equal(mask_marker_target(labels, erosion), _mask_marker_filters(labels, erosion))
 
 
 def test_target_parameters_are_json_and_follow_the_dataset():
