@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,7 @@ class MlflowObserver:
             self.run_logger.log_figure(figure, f"overlays/{dataset}/epoch_{epoch:05d}.png")
             plt.close(figure)
 
-    def on_end(self, checkpoint_dir: Path | None, best: Mapping[str, float]) -> None:
+    def on_end(self, best: Mapping[str, float]) -> None:
         self.run_logger.log_metrics({f"best/{k}": v for k, v in best.items()}, step=int(best.get("best_step", 0)))
 
     def _remember(self, step: int, metrics: Mapping[str, float]) -> None:

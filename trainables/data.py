@@ -208,7 +208,6 @@ class TrainingStreams:
             for index, name in enumerate(self.names):
                 dataset = RandomCrops(shards[name], crop=crops[name], seed=_seed(seed, rank, index), **common)
                 self._add(name, dataset, data.batch_size_for(name), data.loader_workers)
-        self.crops = crops
 
     def _add(self, key: str | int, dataset: RandomCrops, batch_size: int, workers: int) -> None:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,

@@ -17,7 +17,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +58,7 @@ class TrainingObserver(Protocol):
     def on_steps(self, records: list[tuple[int, dict[str, float]]]) -> None: ...
     def on_evaluation(self, step: int, epoch: int, metrics: Mapping[str, float],
                       examples: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None: ...
-    def on_end(self, checkpoint_dir: Path | None, best: Mapping[str, float]) -> None: ...
+    def on_end(self, best: Mapping[str, float]) -> None: ...
 
 
 @dataclass
@@ -247,7 +247,7 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     if bar is not None:
         bar.close()
     if observer:
-        observer.on_end(None, best)
+        observer.on_end(best)
     return TrainingResult(step=step, epoch=config.training.epochs, best=best, last=last)
 
 
@@ -351,9 +351,3 @@ def load_trained_model(checkpoint_dir: Path, *, best: bool = True) -> tuple[nn.M
     model = model_from_config(description["model"])
     model.load_state_dict(load_weights(Path(checkpoint_dir) / (BEST_MODEL_FILE if best else MODEL_FILE)))
     return model.eval(), description
-
-
-def iterate_forever(loader) -> Iterator:
-    """Cycle a finite loader without end (never zip loaders: zip stops at the shortest)."""
-    while True:
-        yield from loader
