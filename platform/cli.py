@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from celltune.data_prep.errors import UserInputError
-from celltune.platform import cli_data, cli_evaluate, cli_train, demo
+from celltune.platform import cli_data, cli_evaluate, cli_models, cli_search, cli_train, demo
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(commands)
     cli_data.add_parser(commands)
     cli_train.add_parser(commands)
+    cli_search.add_parser(commands)
     cli_evaluate.add_parser(commands)
+    cli_models.add_parser(commands)
     return parser
 
 

@@ -15,23 +15,30 @@ from celltune.trainables.yaml_files import describe_validation_error, load_yaml_
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Set dotted keys from ``key=value`` strings; values are parsed as YAML (``8``, ``1e-4``, ``[a, b]``)."""
-    result = _deep_copy(tree)
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``key=value`` strings as dotted key -> value; values are parsed as YAML (``8``, ``1e-4``, ``[a, b]``)."""
+    parsed: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise UserInputError(f"--set {item!r}: expected key=value, e.g. training.epochs=10")
         try:
-            value = load_yaml_text(raw) if raw.strip() else ""
+            parsed[key.strip()] = load_yaml_text(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            value = raw
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set dotted keys from ``key=value`` strings (see :func:`parse_overrides`)."""
+    result = _deep_copy(tree)
+    for key, value in parse_overrides(overrides).items():
         node = result
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserInputError(f"--set {item!r}: {part} is a value, not a section")
+                raise UserInputError(f"--set {key}={value!r}: {part} is a value, not a section")
             node = child
         node[parts[-1]] = value
     return result

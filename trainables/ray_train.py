@@ -47,12 +47,12 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
         prepare_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
         report=report,
         latest_checkpoint=latest_checkpoint,
-        progress_bar=_ray_progress_bar,
+        progress_bar=ray_progress_bar,
     )
     train(config, context, loop_config.get("observer"))
 
 
-def _ray_progress_bar(total: int, initial: int, desc: str):
+def ray_progress_bar(total: int, initial: int, desc: str):
     """A bar drawn by the driver's console for rank 0's steps (Ray's distributed tqdm)."""
     from ray.experimental.tqdm_ray import tqdm
 
@@ -63,8 +63,11 @@ def _ray_progress_bar(total: int, initial: int, desc: str):
 
 
 def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: TrainingObserver | None = None,
-        max_failures: int = 2):
-    """Run training on the connected Ray cluster and return Ray's ``Result`` (metrics, checkpoint, path)."""
+        max_failures: int = 2, callbacks: list | None = None):
+    """Run training on the connected Ray cluster and return Ray's ``Result`` (metrics, checkpoint, path).
+
+    ``callbacks`` are Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a Tune trial runs this.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -84,6 +87,7 @@ def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: Trainin
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),  # keep the console to the progress bar
+            callbacks=callbacks or None,
         ),
     )
     return trainer.fit()

@@ -1,0 +1,81 @@
+"""`celltune search`: Ray Tune + Optuna over a search space, threshold tuning, and registration of the best model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+DEFAULT_STORAGE = "celltune-searches"
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("search", help="search hyperparameters (Ray Tune + Optuna + ASHA), register the best")
+    parser.add_argument("--space", required=True,
+                        help="search-space YAML, or a shipped space: demo, xbnet_training, unet_modules, architectures")
+    parser.add_argument("--trials", type=int, default=None, help="number of trials (default: the space's)")
+    parser.add_argument("--stores", type=Path, default=None,
+                        help="folder of prepared stores, filling the space's <stores> placeholder")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a base-config value, e.g. --set training.epochs=20 (repeatable)")
+    parser.add_argument("--name", default=None, help="search name (default: search-<space>-<timestamp>)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted search given by --name")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help=f"Ray Tune storage: a folder or a URI like s3://bucket/path (default ./{DEFAULT_STORAGE})")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: local Ray on 127.0.0.1)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+    parser.add_argument("--experiment", default="celltune-search", help="MLflow experiment name")
+    parser.add_argument("--register-as", default=None, help="registered model name (default: celltune-<space>)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and the threshold study")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="trials at once (default: as many as the cluster's resources hold)")
+    parser.add_argument("--dry-run", action="store_true", help="print the checked space and the plan, then exit")
+    parser.set_defaults(handler=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from celltune.data_prep.errors import UserInputError
+    from celltune.platform.config_io import parse_overrides
+    from celltune.platform.search_run import resolve_stores, run_search, search_plan
+    from celltune.search_spaces.space import load_space
+    from celltune.search_spaces.tuner import SearchSettings
+
+    if args.trials is not None and args.trials < 1:
+        raise UserInputError(f"--trials {args.trials}: needs at least one trial")
+    space = load_space(args.space, overrides=parse_overrides(args.overrides) or None, stores_dir=args.stores)
+    if args.dry_run:
+        space = resolve_stores(space)
+        settings = SearchSettings(storage_path=args.storage, name=args.name or "<name>", seed=args.seed,
+                                  trials=args.trials or space.trials, max_concurrent=args.max_concurrent)
+        available = {"CPU": float(os.cpu_count() or 1)}
+        print(json.dumps(search_plan(space, settings, available), indent=2, default=str))
+        return 0
+    result = run_search(space, storage=args.storage, name=args.name, resume=args.resume, trials=args.trials,
+                        seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                        address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent)
+    print(summary(result))
+    return 0
+
+
+def summary(result) -> str:
+    """What a user wants after a search: the trials, the winner, the thresholds and where to look."""
+    from celltune.platform.search_plots import trials_table
+
+    lines = [f"search {result.name}: {len(result.trials)} trials "
+             f"({sum(t.status == 'completed' for t in result.trials)} completed, "
+             f"{sum(t.status == 'stopped early' for t in result.trials)} stopped early by ASHA, "
+             f"{sum(t.status == 'failed' for t in result.trials)} failed)"]
+    lines.append(trials_table([t.as_row("objective") for t in result.trials]))
+    if result.best is not None:
+        lines.append(f"best trial {result.best.trial_id}: objective {result.best.objective:.4f}")
+    if result.scores:
+        lines.append("validation with tuned thresholds: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(result.scores.items()) if k.startswith("seg")))
+    if result.registered_version:
+        lines.append(f"registered models:/{result.registered_name}/{result.registered_version} "
+                     f"(alias candidate: models:/{result.registered_name}@candidate)")
+    lines.append(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
+    lines.append(f"resume or inspect: {result.path}")
+    return "\n".join(lines)

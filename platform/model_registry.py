@@ -1,0 +1,325 @@
+"""Registered models: put a search's best checkpoint into the MLflow Model Registry and get models back out.
+
+A registered version is an MLflow LoggedModel (pyfunc flavour, "models from code", so MLflow itself can
+serve it) whose artifacts are just two files: the weights as safetensors and ``celltune_model.json`` (the
+architecture's registry config, the tuned post-processing thresholds, the normalization contract and the
+training config). :func:`load_model` rebuilds the network from that JSON through the architecture registry
+and loads the weights without unpickling anything, after checking the weights' SHA-256 against the JSON, so
+a tampered or mismatched artifact fails with one line instead of running arbitrary code.
+
+The version tags listed in ``TAGS`` let ``celltune models`` show and compare versions without downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celltune.data_prep.errors import UserInputError
+from celltune.platform.tracking import default_tracking_uri
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION_FILE = "celltune_model.json"
+WEIGHTS_FILE = "weights.safetensors"
+CHECKPOINT_WEIGHTS = ("weights.safetensors", "best_model.safetensors")
+CANDIDATE_ALIAS = "candidate"
+PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+__all__ = ["ModelRef", "LoadedModel", "resolve_ref", "load_model", "register_checkpoint", "default_tracking_uri",
+           "file_sha256", "key_settings"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model URI names: a registered version, or a local checkpoint folder (name/version/run None)."""
+
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    local_dir: Path | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A rebuilt network (eval mode, CPU) with the contract it was trained under."""
+
+    model: Any  # torch.nn.Module
+    description: dict[str, Any]
+    ref: ModelRef
+
+    @property
+    def target_kind(self) -> str:
+        return self.description["model"]["target_kind"]
+
+    @property
+    def size_multiple(self) -> int:
+        return int(self.description["model"]["size_multiple"])
+
+    @property
+    def normalization(self) -> str:
+        return self.description.get("normalization", "minmax")
+
+    def postprocess_params(self, dataset: str | None = None) -> dict[str, Any]:
+        """The tuned thresholds of ``dataset`` when the search tuned them, else the model's default ones."""
+        per_dataset = self.description.get("postprocess_per_dataset") or {}
+        if dataset is not None and dataset in per_dataset:
+            return dict(per_dataset[dataset])
+        return dict(self.description.get("postprocess") or {})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local checkpoint folder, checked to exist.
+
+    Raises:
+        UserInputError: malformed URI, unknown model, alias or version, or a folder without a celltune model.
+    """
+    text = str(uri)
+    if text.startswith("models:"):
+        match = _MODELS_URI.match(text)
+        if not match:
+            raise UserInputError(f"{text}: not a model URI; use models:/NAME@ALIAS, models:/NAME/VERSION "
+                                 "or a checkpoint folder")
+        return _resolve_registered(text, match["name"], match["alias"], match["version"], tracking_uri)
+    folder = Path(text).expanduser()
+    if not folder.exists():
+        raise UserInputError(f"{text}: no such model folder (or give models:/NAME@ALIAS)")
+    if not (folder / DESCRIPTION_FILE).is_file():
+        raise UserInputError(f"{text}: not a celltune model folder (no {DESCRIPTION_FILE})")
+    return ModelRef(uri=text, local_dir=folder.resolve())
+
+
+def _resolve_registered(uri: str, name: str, alias: str | None, version: str | None,
+                        tracking_uri: str | None) -> ModelRef:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri(),
+                          registry_uri=tracking_uri or default_tracking_uri())
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models()]
+        raise UserInputError(f"{uri}: no registered model named {name!r} (registered: "
+                             f"{', '.join(sorted(known)) or 'none'})") from None
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise UserInputError(f"{uri}: model {name!r} has no {what}") from None
+    return ModelRef(uri=uri, name=name, version=str(found.version), run_id=found.run_id)
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
+    """Rebuild and load a celltune model from a registry URI or checkpoint folder, without unpickling.
+
+    Raises:
+        UserInputError: unknown or malformed URI, missing files, weights whose checksum or tensors do not match
+            the stored description.
+    """
+    ref = resolve_ref(uri, tracking_uri)
+    if ref.local_dir is not None:
+        return _load_folder(ref.local_dir, ref)
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="celltune-model-") as scratch:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{ref.name}/{ref.version}",
+                                                        dst_path=scratch, tracking_uri=tracking_uri
+                                                        or default_tracking_uri())
+        except Exception as exc:  # storage errors come in many types; name the model and the cause
+            raise UserInputError(f"{uri}: cannot download the model's artifacts ({_first_line(exc)})") from None
+        descriptions = sorted(Path(local).rglob(DESCRIPTION_FILE))
+        if not descriptions:
+            raise UserInputError(f"{uri}: the registered artifacts hold no {DESCRIPTION_FILE} "
+                                 "(not a celltune model)")
+        return _load_folder(descriptions[0].parent, ref)
+
+
+def _load_folder(folder: Path, ref: ModelRef) -> LoadedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from celltune.trainables.registry import model_from_config
+
+    where = ref.uri
+    try:
+        description = json.loads((folder / DESCRIPTION_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{where}: {DESCRIPTION_FILE} is unreadable ({_first_line(exc)})") from None
+    if not isinstance(description, dict) or "model" not in description:
+        raise UserInputError(f"{where}: {DESCRIPTION_FILE} has no 'model' entry")
+    weights = next((folder / name for name in CHECKPOINT_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        raise UserInputError(f"{where}: no weights file ({' or '.join(CHECKPOINT_WEIGHTS)})")
+    expected = description.get("weights_sha256")
+    if expected and file_sha256(weights) != expected:
+        raise UserInputError(f"{where}: {weights.name} does not match the checksum in {DESCRIPTION_FILE} "
+                             "(modified or corrupted artifact)")
+    model = model_from_config(description["model"])
+    try:
+        state = load(weights.read_bytes())
+    except (SafetensorError, ValueError) as exc:
+        raise UserInputError(f"{where}: {weights.name} is not a valid safetensors file ({_first_line(exc)})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserInputError(f"{where}: the weights do not fit the stored {description['model'].get('name')!r} "
+                             f"config ({_first_line(exc)})") from None
+    return LoadedModel(model=model.eval(), description=description, ref=ref)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def key_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The few settings people compare versions by."""
+    data, training = train_config.get("data", {}), train_config.get("training", {})
+    return {
+        "datasets": [Path(str(s)).name.removesuffix(".zarr") for s in data.get("stores", [])],
+        "crop": data.get("crop"),
+        "model": train_config.get("model", {}).get("name"),
+        "loss": train_config.get("loss", {}).get("name"),
+        "lr": train_config.get("optimizer", {}).get("lr"),
+        "scheduler": train_config.get("scheduler", {}).get("name"),
+        "scheme": training.get("scheme"),
+        "epochs": training.get("epochs"),
+    }
+
+
+def package_checkpoint(checkpoint_dir: Path, target: Path, *, postprocess_default: Mapping[str, Any],
+                       postprocess_per_dataset: Mapping[str, Mapping[str, Any]],
+                       metrics: Mapping[str, float]) -> Path:
+    """Write the two files of a registered model into ``target``: best weights and the completed description."""
+    source = Path(checkpoint_dir)
+    description = json.loads((source / DESCRIPTION_FILE).read_text())
+    weights = next(source / name for name in ("best_model.safetensors", WEIGHTS_FILE) if (source / name).is_file())
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, target / WEIGHTS_FILE)
+    description.update(
+        postprocess=dict(postprocess_default),
+        postprocess_per_dataset={k: dict(v) for k, v in postprocess_per_dataset.items()},
+        validation=dict(metrics),
+        weights_sha256=file_sha256(target / WEIGHTS_FILE),
+    )
+    (target / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
+    return target
+
+
+def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, tracking_uri: str,
+                        postprocess_default: Mapping[str, Any],
+                        postprocess_per_dataset: Mapping[str, Mapping[str, Any]],
+                        metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
+                        alias: str | None = CANDIDATE_ALIAS):
+    """Log ``checkpoint_dir``'s best model into run ``run_id`` and register it as a new version of ``name``.
+
+    Returns the new ``ModelVersion``; ``alias`` (default ``candidate``) is moved to it.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from celltune.platform.tracking import metric_name
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="celltune-register-") as scratch:
+        folder = package_checkpoint(Path(checkpoint_dir), Path(scratch) / "celltune",
+                                    postprocess_default=postprocess_default,
+                                    postprocess_per_dataset=postprocess_per_dataset, metrics=metrics)
+        description = json.loads((folder / DESCRIPTION_FILE).read_text())
+        example = _input_example(description)
+        signature = _signature(description, example)
+        previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        try:
+            logged = _log_in_run(run_id, folder, signature, example)
+            version = mlflow.register_model(logged.model_uri, name)
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+    version_tags = {
+        "celltune.seg_mean": str(float(metrics.get("seg_mean", float("nan")))),
+        "celltune.metrics": json.dumps({metric_name(k): float(v) for k, v in metrics.items()}, sort_keys=True),
+        "celltune.architecture": str(description["model"].get("name")),
+        "celltune.target_kind": str(description["model"].get("target_kind")),
+        "celltune.postprocess": json.dumps({"default": description["postprocess"],
+                                            "per_dataset": description["postprocess_per_dataset"]}, sort_keys=True),
+        "celltune.normalization": str(description.get("normalization", "minmax")),
+        "celltune.key_settings": json.dumps(key_settings(description.get("train_config", {})), sort_keys=True),
+        **dict(tags or {}),
+    }
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return client.get_model_version(name, version.version)
+
+
+def _log_in_run(run_id: str, folder: Path, signature, example):
+    """Log the pyfunc model into an existing (finished) run, which MLflow only does for the active run."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"celltune": str(folder)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+
+
+def _input_example(description: Mapping[str, Any]):
+    """A small raw frame batch ``(1, H, W)``: what the pyfunc model takes."""
+    import numpy as np
+
+    side = max(int(description["model"].get("size_multiple", 16)) * 2, 32)
+    return np.random.default_rng(0).integers(0, 255, size=(1, side, side)).astype(np.float32)
+
+
+def _signature(description: Mapping[str, Any], example):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    shape = (-1,) * example.ndim
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.int32), shape)]),
+                          params=ParamSchema([ParamSpec("dataset", "string", "")]))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("celltune", "torch", "safetensors", "numpy", "scikit-image", "scipy"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins

@@ -1,0 +1,362 @@
+"""Driver side of `celltune search`: the parent MLflow run, the Tune search, the threshold study, registration.
+
+A search lives in Ray's storage (``<storage>/<name>``: searcher state, trial checkpoints; what ``--resume``
+restores) and in MLflow: one parent run tagged ``celltune.search_name=<name>`` in the ``celltune-search``
+experiment, with one child run per trial (found again by ``celltune.trial_id`` when a trial restarts). After
+the trials, the best checkpoint's validation probabilities are cached and the post-processing thresholds are
+tuned on them per dataset; the model is then registered with those thresholds and the alias ``candidate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celltune.data_prep.errors import UserInputError
+from celltune.platform.mlflow_observer import MlflowObserver
+from celltune.platform.tracking import RunLogger, default_tracking_uri, flatten_params, metric_name
+from celltune.search_spaces.space import SearchSpace
+from celltune.search_spaces.tuner import (
+    SearchSettings,
+    build_tuner,
+    checkpoint_dir_of,
+    concurrency_for,
+    evaluations_per_trial,
+    experiment_path,
+    search_exists,
+    trial_footprint,
+    trial_resources,
+)
+from celltune.trainables.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "celltune-search"
+SEARCH_TAG = "celltune.search_name"
+TRIAL_TAG = "celltune.trial_id"
+REGISTERED_TAG = "celltune.registered_version"
+
+
+@dataclass(frozen=True)
+class MlflowTrialHooks:
+    """Gives every trial its child run under the search's parent run (the same one again after a restart)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    search_name: str
+
+    def child_run_id(self, trial_id: str, trial_name: str | None = None,
+                     sample: Mapping[str, Any] | None = None) -> str | None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        found = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        if trial_name is None:
+            return None
+        tags = {"mlflow.parentRunId": self.parent_run_id, "mlflow.runName": trial_name, "celltune.kind": "trial",
+                TRIAL_TAG: trial_id, SEARCH_TAG: self.search_name,
+                "celltune.sample": json.dumps(dict(sample or {}), sort_keys=True, default=str)[:5000]}
+        return client.create_run(self.experiment_id, run_name=trial_name, tags=tags).info.run_id
+
+    def observer_for(self, trial_id: str, trial_name: str, sample: Mapping[str, Any],
+                     config: TrainConfig) -> MlflowObserver:
+        from mlflow import MlflowClient
+
+        run_id = self.child_run_id(trial_id, trial_name, sample)
+        MlflowClient(tracking_uri=self.tracking_uri).update_run(run_id, status="RUNNING")
+        return MlflowObserver(RunLogger(self.tracking_uri, run_id))
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str  # completed | stopped early | failed
+    evaluations: int
+    objective: float | None  # best value of the objective over the trial's evaluations
+    sample: dict[str, Any]
+    checkpoint_dir: str | None
+    error: str | None = None
+
+    def as_row(self, objective_name: str) -> dict[str, Any]:
+        return {"trial": self.trial_id, "status": self.status, "evaluations": self.evaluations,
+                objective_name: self.objective, **self.sample}
+
+
+@dataclass
+class SearchResult:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    path: str
+    trials: list[TrialRow]
+    best: TrialRow | None
+    scores: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    registered_name: str | None = None
+    registered_version: str | None = None
+
+
+def resolve_stores(space: SearchSpace) -> SearchSpace:
+    """The space with absolute store paths (trials run in other working directories), checked to hold frames."""
+    from dataclasses import replace
+
+    from celltune.platform.train_run import check_config
+
+    tree = json.loads(json.dumps(space.base_tree, default=str))
+    tree["data"]["stores"] = [str(Path(store).resolve()) for store in tree["data"]["stores"]]
+    resolved = replace(space, base_tree=tree)
+    check_config(resolved.base_config())
+    return resolved
+
+
+def search_plan(space: SearchSpace, settings: SearchSettings, available: Mapping[str, float]) -> dict[str, Any]:
+    """What ``--dry-run`` prints: the trials, their resources, concurrency and early stopping."""
+    base = space.base_config()
+    return {
+        "space": space.name, "source": str(space.source), "trials": settings.trials, "seed": settings.seed,
+        "objective": space.objective.model_dump(),
+        "parameters": space.parameters.keys(),
+        "per_trial": {"function": trial_resources(base), "occupies": trial_footprint(base)},
+        "concurrency": settings.max_concurrent or concurrency_for(trial_footprint(base), available, settings.trials),
+        "evaluations_per_trial": evaluations_per_trial(base),
+        "early_stopping": space.early_stopping.model_dump() if space.early_stopping else None,
+        "postprocess_study": {"trials": space.postprocess.trials, "parameters": space.postprocess.parameters.keys()}
+        if space.postprocess else None,
+        "storage": experiment_path(settings),
+    }
+
+
+def run_search(space: SearchSpace, *, storage: str, name: str | None = None, resume: bool = False,
+               trials: int | None = None, seed: int = 0, tracking_uri: str | None = None,
+               experiment: str = DEFAULT_EXPERIMENT, address: str | None = None,
+               register_as: str | None = None, max_concurrent: int | None = None,
+               show_progress: bool = True) -> SearchResult:
+    """Run (or with ``resume`` continue) a search, tune thresholds, register the best model."""
+    import mlflow
+
+    from celltune.data_prep.ray_session import ensure_ray
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    if resume and not name:
+        raise UserInputError("--resume needs --name of the search to continue")
+    space = resolve_stores(space)
+    storage = storage if "://" in str(storage) else str(Path(storage).resolve())
+    name = name or time.strftime(f"search-{space.name}-%Y%m%d-%H%M%S")
+    settings = SearchSettings(storage_path=storage, name=name, trials=trials or space.trials, seed=seed,
+                              max_concurrent=max_concurrent, verbose=1 if show_progress else 0)
+    if not resume and search_exists(settings):
+        raise UserInputError(f"--name: a search named {name!r} already exists under {storage}; "
+                             "pass --resume to continue it or choose another name")
+    if resume and not search_exists(settings):
+        raise UserInputError(f"--resume: no search named {name!r} under {storage}")
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = _experiment_id(client, experiment)
+    parent_run_id = _parent_run(client, tracking_uri, experiment_id, name, space, settings, resume=resume)
+    hooks = MlflowTrialHooks(tracking_uri, experiment_id, parent_run_id, name)
+
+    ensure_ray(address)
+    try:
+        tuner = build_tuner(space, settings, hooks=hooks, resume=resume)
+        grid = tuner.fit()
+        rows = _trial_rows(grid, space)
+        _close_child_runs(client, hooks, rows)
+        best = _best_trial(rows, space)
+        result = SearchResult(name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
+                              path=experiment_path(settings), trials=rows, best=best)
+        _log_search_summary(RunLogger(tracking_uri, parent_run_id), space, rows, best)
+        if best is not None and best.checkpoint_dir:
+            _finish_best(result, space, client, hooks, register_as or f"celltune-{space.name}", seed=seed,
+                         show_progress=show_progress)
+    except BaseException:
+        client.set_terminated(parent_run_id, status="FAILED")
+        raise
+    client.set_terminated(parent_run_id, status="FINISHED")
+    return result
+
+
+def _experiment_id(client, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space: SearchSpace,
+                settings: SearchSettings, *, resume: bool) -> str:
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{name}' "
+                               "and tags.`celltune.kind` = 'search'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run_id = client.create_run(experiment_id, run_name=name,
+                               tags={"mlflow.runName": name, "celltune.kind": "search", SEARCH_TAG: name}).info.run_id
+    run = RunLogger(tracking_uri, run_id)
+    run.log_params(flatten_params({"search": {"space": space.name, "trials": settings.trials, "seed": settings.seed,
+                                              "objective": space.objective.model_dump(),
+                                              "early_stopping": space.early_stopping.model_dump()
+                                              if space.early_stopping else "none",
+                                              "storage": experiment_path(settings)}}))
+    run.log_dict(space.base_tree, "search/base_config.yaml")
+    if space.source is not None:
+        run.log_artifact(Path(space.source), "search")
+    return run_id
+
+
+def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
+    metric = space.objective.metric
+    best_key = "best/seg_mean" if metric == "seg_mean" and space.objective.mode == "max" else None
+    full = evaluations_per_trial(space.base_config())
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        evaluations = int(metrics.get("training_iteration", 0) or 0)
+        history = result.metrics_dataframe
+        if best_key and best_key in metrics:
+            objective = float(metrics[best_key])
+        elif history is not None and metric in getattr(history, "columns", []):
+            column = history[metric].dropna()
+            objective = float(column.max() if space.objective.mode == "max" else column.min()) if len(column) else None
+        else:
+            objective = None
+        if result.error is not None:
+            status = "failed"
+        elif evaluations >= full:
+            status = "completed"
+        else:
+            status = "stopped early"
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        rows.append(TrialRow(trial_id=str(trial_id), status=status, evaluations=evaluations, objective=objective,
+                             sample=dict(result.config or {}), checkpoint_dir=checkpoint_dir_of(result),
+                             error=None if result.error is None else _first_line(result.error)))
+    return sorted(rows, key=lambda row: row.trial_id)
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500] or type(exc).__name__
+
+
+def _best_trial(rows: list[TrialRow], space: SearchSpace) -> TrialRow | None:
+    scored = [row for row in rows if row.objective is not None and row.checkpoint_dir]
+    if not scored:
+        return None
+    pick = max if space.objective.mode == "max" else min
+    return pick(scored, key=lambda row: row.objective)
+
+
+def _close_child_runs(client, hooks: MlflowTrialHooks, rows: list[TrialRow]) -> None:
+    statuses = {"completed": "FINISHED", "stopped early": "KILLED", "failed": "FAILED"}
+    for row in rows:
+        run_id = hooks.child_run_id(row.trial_id)
+        if run_id is None:
+            continue
+        client.set_tag(run_id, "celltune.trial_status", row.status)
+        client.set_tag(run_id, "celltune.early_stopped", str(row.status == "stopped early").lower())
+        if row.error:
+            client.set_tag(run_id, "celltune.error", row.error[:5000])
+        client.set_terminated(run_id, status=statuses[row.status])
+
+
+def _log_search_summary(run: RunLogger, space: SearchSpace, rows: list[TrialRow], best: TrialRow | None) -> None:
+    import matplotlib.pyplot as plt
+
+    from celltune.platform.search_plots import search_figures, study_from_trials, trials_table
+
+    objective = space.objective.metric
+    table = trials_table([row.as_row(objective) for row in rows])
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "trials.txt"
+        path.write_text(table + "\n")
+        run.log_artifact(path, "search")
+    run.log_dict({"trials": [row.as_row(objective) | {"error": row.error} for row in rows]}, "search/trials.json")
+    counts = {status: sum(row.status == status for row in rows) for status in ("completed", "stopped early", "failed")}
+    run.log_metrics({f"trials/{k.replace(' ', '_')}": v for k, v in counts.items()}, step=0)
+    if best is not None:
+        run.log_metrics({f"best/{metric_name(objective)}": best.objective}, step=0)
+        run.set_tags({"celltune.best_trial": best.trial_id})
+        run.log_dict(best.sample, "search/best_sample.json")
+    direction = "maximize" if space.objective.mode == "max" else "minimize"
+    study = study_from_trials(space.parameters, [(row.sample, row.objective, row.status == "failed") for row in rows],
+                              direction=direction, metric=objective)
+    for artifact, figure in search_figures(study).items():
+        run.log_figure(figure, artifact)
+        plt.close(figure)
+
+
+def _finish_best(result: SearchResult, space: SearchSpace, client, hooks: MlflowTrialHooks, model_name: str, *,
+                 seed: int, show_progress: bool) -> None:
+    """Tune the best model's thresholds on cached validation probabilities, then register it (once)."""
+    from celltune.platform.model_registry import load_model, register_checkpoint
+
+    parent = client.get_run(result.parent_run_id)
+    best = result.best
+    loaded = load_model(best.checkpoint_dir)
+    description = loaded.description
+    config = TrainConfig.model_validate(description["train_config"])
+    start = dict(description.get("postprocess") or {})
+    if space.postprocess is not None:
+        from celltune.search_spaces.postprocess_study import (
+            ValidationProbabilities,
+            predict_validation,
+            tune_postprocess,
+        )
+
+        cache = Path(tempfile.gettempdir()) / f"celltune-valprobs-{result.parent_run_id}-{best.trial_id}.npz"
+        if cache.is_file():
+            probabilities = ValidationProbabilities.load(cache)
+        else:
+            probabilities = predict_validation(loaded.model, description, config.data, show_progress=show_progress)
+            probabilities.save(cache)
+        choice = tune_postprocess(probabilities, space.postprocess.for_target_kind(loaded.target_kind),
+                                  trials=space.postprocess.trials, start_params=start, seed=seed,
+                                  show_progress=show_progress)
+        default, per_dataset, scores = choice.default, choice.per_dataset, dict(choice.scores)
+        _log_threshold_study(RunLogger(result.tracking_uri, result.parent_run_id), choice)
+    else:
+        default, per_dataset = start, {}
+        scores = {k: v for k, v in (description.get("best") or {}).items() if k.startswith(("seg", "iou"))}
+    result.scores, result.thresholds = scores, {"default": default, "per_dataset": per_dataset}
+    parent_logger = RunLogger(result.tracking_uri, result.parent_run_id)
+    parent_logger.log_metrics({f"tuned/{k}": v for k, v in scores.items()}, step=0)
+    parent_logger.log_dict(result.thresholds, "search/postprocess_thresholds.json")
+    parent_logger.log_dict(description["train_config"], "search/best_config.yaml")
+
+    registered = parent.data.tags.get(REGISTERED_TAG)
+    if registered:  # a resumed search that had already registered its model
+        result.registered_name, result.registered_version = registered.split("/", 1)
+        return
+    child = hooks.child_run_id(best.trial_id)
+    version = register_checkpoint(
+        Path(best.checkpoint_dir), name=model_name, run_id=child, tracking_uri=result.tracking_uri,
+        postprocess_default=default, postprocess_per_dataset=per_dataset, metrics=scores,
+        tags={"celltune.search": result.name, "celltune.search_run_id": result.parent_run_id,
+              "celltune.trial_id": best.trial_id},
+    )
+    client.set_tag(result.parent_run_id, REGISTERED_TAG, f"{model_name}/{version.version}")
+    result.registered_name, result.registered_version = model_name, str(version.version)
+
+
+def _log_threshold_study(run: RunLogger, choice) -> None:
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    for dataset, study in choice.studies.items():
+        try:
+            axes = plot_optimization_history(study)
+        except Exception as exc:  # a plot is a nicety; never fail a search over it
+            logger.warning("no threshold-study plot for %s: %s", dataset, exc)
+            continue
+        run.log_figure(axes.figure, f"postprocess/{metric_name(dataset)}_history.png")
+        plt.close(axes.figure)

@@ -1,0 +1,128 @@
+"""Registering a checkpoint and loading it back: by alias, by version, from a folder; tampering is caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from celltune.data_prep.errors import UserInputError
+from celltune.platform.model_registry import DESCRIPTION_FILE, WEIGHTS_FILE, load_model, register_checkpoint
+from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
+from celltune.trainables.registry import build_model
+
+
+def _checkpoint(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = build_model("unet", width=8)
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "best_model.safetensors"))
+    config = {**model.celltune_config, "target_kind": model.spec.target_kind, "size_multiple": model.spec.size_multiple}
+    description = {"model": config, "postprocess": DEFAULT_POSTPROCESS_PARAMS[model.spec.target_kind],
+                   "normalization": "minmax", "best": {"seg_mean": 0.4},
+                   "train_config": {"data": {"stores": ["/data/Synth-Round.zarr"], "crop": 64},
+                                    "model": {"name": "unet"}, "training": {"epochs": 4}}}
+    (folder / DESCRIPTION_FILE).write_text(json.dumps(description))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    client.set_terminated(run_id)
+    checkpoint = _checkpoint(root / "ckpt")
+    version = register_checkpoint(checkpoint, name="cells", run_id=run_id, tracking_uri=uri,
+                                  postprocess_default={"min_area": 20, "hole_area": 8},
+                                  postprocess_per_dataset={"Synth-Round": {"min_area": 5, "hole_area": 0}},
+                                  metrics={"seg_mean": 0.61, "seg/Fluo-N2DH-SIM+": 0.61},
+                                  tags={"celltune.search": "s1"})
+    return uri, run_id, checkpoint, version
+
+
+def test_registered_version_carries_tags_alias_and_loads_by_alias_and_version(registry):
+    uri, run_id, checkpoint, version = registry
+    assert str(version.version) == "1" and version.aliases == ["candidate"] and version.run_id == run_id
+    tags = version.tags
+    assert float(tags["celltune.seg_mean"]) == pytest.approx(0.61)
+    assert json.loads(tags["celltune.metrics"]) == {"seg_mean": 0.61, "seg/Fluo-N2DH-SIMplus": 0.61}
+    assert json.loads(tags["celltune.postprocess"])["per_dataset"] == {"Synth-Round": {"min_area": 5, "hole_area": 0}}
+    assert json.loads(tags["celltune.key_settings"])["datasets"] == ["Synth-Round"]
+    assert tags["celltune.architecture"] == "unet" and tags["celltune.search"] == "s1"
+
+    by_alias = load_model("models:/cells@candidate", uri)
+    by_version = load_model("models:/cells/1", uri)
+    local = load_model(str(checkpoint))
+    assert by_alias.ref.version == "1" and by_alias.ref.run_id == run_id
+    assert by_alias.postprocess_params("Synth-Round") == {"min_area": 5, "hole_area": 0}
+    assert by_alias.postprocess_params("other") == {"min_area": 20, "hole_area": 8}
+    assert by_alias.postprocess_params() == {"min_area": 20, "hole_area": 8}
+    image = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = local.model(image)
+        assert torch.equal(by_alias.model(image), expected)
+        assert torch.equal(by_version.model(image), expected)
+
+
+def test_mlflow_pyfunc_flavour_predicts_labels(registry):
+    uri = registry[0]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/cells@candidate")
+    frames = np.random.default_rng(1).integers(0, 200, size=(2, 48, 40)).astype(np.float32)
+    labels = model.predict(frames)
+    assert labels.shape == (2, 48, 40) and labels.dtype == np.int32
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("models:/nosuch@candidate", "no registered model named 'nosuch'"),
+    ("models:/cells@champion", "model 'cells' has no alias 'champion'"),
+    ("models:/cells/7", "model 'cells' has no version 7"),
+    ("models:/cells", "not a model URI"),
+    ("/no/such/folder", "no such model folder"),
+])
+def test_bad_model_uris_fail_in_one_line(registry, uri, message):
+    with pytest.raises(UserInputError, match=message) as caught:
+        load_model(uri, registry[0])
+    assert "\n" not in str(caught.value)
+
+
+def test_tampered_or_mismatched_artifacts_are_refused(registry, tmp_path):
+    uri = registry[0]
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/cells/1", dst_path=str(tmp_path / "dl"),
+                                                     tracking_uri=uri))
+    folder = next(local.rglob(DESCRIPTION_FILE)).parent
+    assert load_model(str(folder)).ref.local_dir == folder.resolve()
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    data = bytearray((tampered / WEIGHTS_FILE).read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"  # the last float becomes inf: same size, different checksum
+    (tampered / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match="does not match the checksum"):
+        load_model(str(tampered))
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(folder, mismatched)
+    description = json.loads((mismatched / DESCRIPTION_FILE).read_text())
+    description["model"]["options"]["width"] = 16
+    description.pop("weights_sha256")
+    (mismatched / DESCRIPTION_FILE).write_text(json.dumps(description))
+    with pytest.raises(UserInputError, match="do not fit the stored 'unet' config"):
+        load_model(str(mismatched))
+
+    garbage = tmp_path / "garbage"
+    shutil.copytree(folder, garbage)
+    (garbage / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
+    description = json.loads((garbage / DESCRIPTION_FILE).read_text())
+    description.pop("weights_sha256")
+    (garbage / DESCRIPTION_FILE).write_text(json.dumps(description))
+    with pytest.raises(UserInputError, match="not a valid safetensors file"):
+        load_model(str(garbage))

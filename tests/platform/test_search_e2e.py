@@ -1,0 +1,158 @@
+"""`celltune search` end to end on the demo data: trials as MLflow children, ASHA, registration, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from celltune.platform.cli import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _trial_folders(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.glob("run_trial_*") if p.is_dir())
+
+
+def _results(trial_folder: Path) -> list[dict]:
+    path = trial_folder / "result.json"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _search_args(stores: Path, storage: Path, uri: str, name: str, *extra: str) -> list[str]:
+    return ["search", "--space", "demo", "--stores", str(stores), "--storage", str(storage), "--tracking-uri", uri,
+            "--name", name, "--register-as", "demo-model", *extra]
+
+
+def test_demo_search_tracks_trials_stops_some_early_and_registers_a_loadable_candidate(
+        tmp_path, demo_stores, ray_session, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = main(_search_args(demo_stores, tmp_path / "searches", uri, "e2e", "--max-concurrent", "1"))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "registered models:/demo-model/1" in out
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("celltune-search").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`celltune.kind` = 'search'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4
+    assert all("seg_mean" in child.data.metrics and child.data.params["model.name"] in ("unet", "xbnet")
+               for child in children)
+    stopped = [c for c in children if c.data.tags.get("celltune.early_stopped") == "true"]
+    assert stopped, "ASHA stopped no trial early"
+    assert all(c.info.status == "KILLED" for c in stopped)
+    evaluations = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "seg_mean")) for c in children}
+    assert min(evaluations.values()) < 4 == max(evaluations.values())
+
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert {"search/trials.txt", "search/postprocess_thresholds.json", "search/best_config.yaml"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+
+    version = client.get_model_version_by_alias("demo-model", "candidate")
+    assert str(version.version) == "1"
+    assert version.run_id in {c.info.run_id for c in children}
+    thresholds = json.loads(version.tags["celltune.postprocess"])
+    assert set(thresholds["per_dataset"]) == {"Synth-Round", "Synth-Dense"}
+    assert {"min_area", "hole_area"} <= set(thresholds["default"])
+    metrics = json.loads(version.tags["celltune.metrics"])
+    assert 0.0 < float(version.tags["celltune.seg_mean"]) == pytest.approx(metrics["seg_mean"])
+    assert metrics["seg_mean"] >= metrics["seg_untuned_mean"]
+
+    # A fresh process loads the candidate by alias (celltune's loader and MLflow's pyfunc) and predicts.
+    script = textwrap.dedent(f"""
+        import mlflow, numpy as np
+        from celltune.platform.model_registry import load_model
+        loaded = load_model("models:/demo-model@candidate", {uri!r})
+        assert loaded.postprocess_params("Synth-Round") == {thresholds["per_dataset"]["Synth-Round"]!r}
+        mlflow.set_tracking_uri({uri!r})
+        model = mlflow.pyfunc.load_model("models:/demo-model@candidate")
+        frames = np.random.default_rng(0).integers(0, 255, size=(2, 64, 80)).astype(np.float32)
+        labels = model.predict(frames)
+        print("LABELS", labels.shape, labels.dtype)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LABELS (2, 64, 80) int32" in done.stdout
+
+
+def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path, demo_stores, ray_session):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = tmp_path / "searches"
+    args = _search_args(demo_stores, storage, uri, "killme", "--max-concurrent", "1")
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.Popen([sys.executable, "-m", "celltune.platform", *args], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        # Trials run one at a time: a third trial folder means two trials have finished.
+        while time.monotonic() < deadline and len(_trial_folders(storage / "killme")) < 3:
+            assert process.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.5)
+        assert len(_trial_folders(storage / "killme")) >= 3, "no third trial within 5 minutes"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished = {folder.name: len(_results(folder)) for folder in _trial_folders(storage / "killme")
+                if _results(folder) and _results(folder)[-1].get("done")}
+    assert finished, "no trial had finished when the search was killed"
+
+    assert main([*args, "--resume"]) == 0
+    folders = _trial_folders(storage / "killme")
+    assert len(folders) == 4
+    for name, lines in finished.items():
+        assert len(_results(storage / "killme" / name)) == lines, f"finished trial {name} ran again"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("celltune-search").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`celltune.kind` = 'search'")
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4  # a restarted trial logs into its own child run again
+    assert str(client.get_model_version_by_alias("demo-model", "candidate").version) == "1"
+
+
+def test_a_killed_trial_worker_restarts_from_its_checkpoint(tmp_path, demo_stores, ray_session):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = tmp_path / "searches"
+    killed: list[int] = []
+
+    def kill_first_trial_after_its_second_report() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            for folder in _trial_folders(storage / "workerkill"):
+                results = _results(folder)
+                if len(results) >= 2 and not results[-1].get("done"):
+                    os.kill(int(results[-1]["pid"]), signal.SIGKILL)
+                    killed.append(int(results[-1]["pid"]))
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_first_trial_after_its_second_report, daemon=True)
+    killer.start()
+    code = main(_search_args(demo_stores, storage, uri, "workerkill", "--trials", "2", "--max-concurrent", "1",
+                             "--set", "training.epochs=6"))
+    killer.join(timeout=5)
+    assert code == 0
+    assert killed, "no trial worker was killed"
+    for folder in _trial_folders(storage / "workerkill"):
+        results = _results(folder)
+        epochs = [int(r["epoch"]) for r in results]
+        assert epochs == sorted(set(epochs)), f"{folder.name} repeated epochs {epochs}"
+        if any(int(r["pid"]) in killed for r in results):
+            pids = {int(r["pid"]) for r in results}
+            assert len(pids) == 2, "the killed trial did not continue in a new process"
+            assert epochs[-1] == 6 and epochs[0] == 1, epochs
