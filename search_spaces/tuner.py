@@ -106,6 +106,7 @@ def run_trial(sample: dict[str, Any], *, base_tree: dict[str, Any], hooks: Trial
 
 
 def _run_single_worker_trial(config: TrainConfig, observer: TrainingObserver | None) -> None:
+    import ray
     import ray.tune
     import torch
 
@@ -114,9 +115,11 @@ def _run_single_worker_trial(config: TrainConfig, observer: TrainingObserver | N
 
     torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.tune.report(metrics, checkpoint=checkpoint)
+        ray.tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)  # where it ran, for users and tests
 
     def latest_checkpoint() -> Path | None:
         checkpoint = ray.tune.get_checkpoint()
