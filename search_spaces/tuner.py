@@ -55,6 +55,7 @@ class SearchSettings:
     verbose: int = 1
     sampler: Literal["tpe", "random"] = "tpe"  # random: the baseline TPE is measured against
     early_stopping: bool = True  # False: every trial runs all its epochs, whatever the space says
+    n_startup_trials: int | None = None  # TPE's random start; None: a quarter of the trials, 2 to 10
 
 
 def trial_resources(config: TrainConfig) -> dict[str, float]:
@@ -187,8 +188,10 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
     if settings.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=settings.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=settings.seed,
-                                             n_startup_trials=min(10, max(2, settings.trials // 3)))
+        startup = settings.n_startup_trials or min(10, max(2, settings.trials // 4))
+        # multivariate + group model the joint, conditional space; constant_liar spreads concurrent trials.
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup, multivariate=True,
+                                             group=True, constant_liar=True)
     searcher = OptunaSearch(space=define_by_run(space), metric=objective.metric, mode=objective.mode,
                             sampler=sampler)
     concurrency = settings.max_concurrent or concurrency_for(trial_footprint(base), ray.cluster_resources(),
