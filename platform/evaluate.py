@@ -11,6 +11,11 @@ DET and TRA use the GT TRA markers, SEG the GT SEG frames (left out, with OP_CSB
 has no SEG folder). Before py-ctcmetrics runs, the inputs it would trip over with a bare ``assert`` or a
 silently wrong number are checked here and reported as one-line UserInputErrors; an invalid result
 folder is reported with the problems py-ctcmetrics found.
+
+On the GT SEG frames the table also reports instance precision and recall at IoU 0.25, 0.5 and 0.75, pixel IoU
+and the adapted Rand error (:mod:`celltune.trainables.metrics`), per sequence and pooled over the dataset's
+sequences (match counts summed over all frames; pixel IoU and Rand error averaged over frames);
+:func:`write_precision_recall_curve` draws precision and recall against the IoU threshold.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.tracks import parse_man_track
 from celltune.platform.ctc_results import MASK_RE, RES_TRACK_TXT, list_masks
+from celltune.trainables.metrics import REPORT_THRESHOLDS, InstanceScores
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,13 @@ _RES_DIR_RE = re.compile(r"^(\d{2,})_RES$")
 _GT_DIR_RE = re.compile(r"^(\d{2,})_GT$")
 _TRA_RE = re.compile(r"^man_track(\d{3,4})\.tif$")
 _SEG_RE = re.compile(r"^man_seg(?:_)?\d{3,4}(?:_\d{3,4})?\.tif$")
+_SEG_FRAME_RE = re.compile(r"^man_seg_?(\d{3,4})(?:_(\d{3,4}))?\.tif$")  # frame, and slice for 3D slice GT
+# Instance columns of the table: (header, summary key); the summary keys are those of InstanceScores.summary.
+INSTANCE_COLUMNS = (
+    *((f"{name[0].upper()}@{t:g}", f"{name}@{t:g}") for t in REPORT_THRESHOLDS for name in ("precision", "recall")),
+    ("pixIoU", "pixel_iou"),
+    ("ARE", "are"),
+)
 _MAX_LISTED_PROBLEMS = 3
 
 
@@ -49,7 +62,8 @@ class SequenceScores:
     """The CTC measures of one sequence (None: not computed, e.g. SEG without GT SEG frames).
 
     ``details`` holds the AOGM breakdown (``AOGM``, ``AOGM_0``, ``AOGM_NS`` ... ``AOGM_EC``) and any extra
-    py-ctcmetrics measure asked for.
+    py-ctcmetrics measure asked for; ``instance`` the instance measures pooled over the GT SEG frames (None
+    when not computed).
     """
 
     name: str
@@ -62,6 +76,7 @@ class SequenceScores:
     op_csb: float | None
     op_ctb: float | None
     details: dict[str, float] = field(default_factory=dict)
+    instance: InstanceScores | None = None
 
     def measure(self, name: str) -> float | None:
         """A measure by its CTC name: ``SEG``, ``DET``, ``TRA``, ``OP_CSB`` or ``OP_CTB``."""
@@ -69,7 +84,8 @@ class SequenceScores:
 
     def to_json(self) -> dict:
         return {"sequence": self.name, "res": str(self.res), "gt": str(self.gt), "frames": self.frames,
-                **{m: self.measure(m) for m in MEASURES}, "details": dict(self.details)}
+                **{m: self.measure(m) for m in MEASURES}, "details": dict(self.details),
+                "instance": None if self.instance is None else self.instance.summary()}
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,34 @@ class EvaluationTable:
             out[m] = float(np.mean(values)) if values else None
         return out
 
+    def dataset_instance(self) -> InstanceScores | None:
+        """Instance measures pooled over every sequence's GT SEG frames; None when no sequence has them."""
+        parts = [r.instance for r in self.rows if r.instance is not None]
+        if not parts:
+            return None
+        pooled = InstanceScores(parts[0].thresholds)
+        for part in parts:
+            pooled.update(part)
+        return pooled
+
+    def instance_metrics(self) -> dict[str, float]:
+        """Flat instance numbers for a metrics logger: ``<sequence>/<key>`` and ``dataset/<key>`` with the keys
+        of ``InstanceScores.summary`` (``precision@0.5``, ``recall@0.5``, ``f1@0.5``, ``pixel_iou``, ``are``, ...);
+        undefined values are left out."""
+        out: dict[str, float] = {}
+        parts = [(r.name, r.instance) for r in self.rows if r.instance is not None]
+        dataset = self.dataset_instance()
+        if dataset is not None:
+            parts.append(("dataset", dataset))
+        for name, scores in parts:
+            for key, value in scores.summary().items():
+                if value is not None and key != "frames":
+                    out[f"{name}/{key}"] = float(value)
+        return out
+
     def format(self) -> str:
-        """A fixed-width text table, one line per sequence and a mean line when there are several."""
+        """A fixed-width text table, one line per sequence and a mean line when there are several; below it,
+        when computed, the instance measures per sequence and pooled over the dataset."""
         width = max([len("sequence")] + [len(r.name) for r in self.rows] + [len("mean")])
         header = f"{'sequence':<{width}}  {'frames':>6}" + "".join(f"  {m:>7}" for m in MEASURES)
 
@@ -100,10 +142,38 @@ class EvaluationTable:
         if len(self.rows) > 1:
             mean = self.mean()
             lines.append(f"{'mean':<{width}}  {'':>6}" + cells([mean[m] for m in MEASURES]))
+        dataset = self.dataset_instance()
+        if dataset is not None:
+            lines += ["", self._format_instance(width, dataset)]
+        return "\n".join(lines)
+
+    def _format_instance(self, width: int, dataset: InstanceScores) -> str:
+        width = max(width, len("dataset"))
+        header = f"{'sequence':<{width}}  {'frames':>6}" + "".join(f"  {h:>7}" for h, _ in INSTANCE_COLUMNS)
+        caption = "instance measures on the GT SEG frames (P/R@t: matched at IoU >= t; dataset: pooled frames)"
+        lines = [caption, header, "-" * len(header)]
+
+        def line(name: str, scores: InstanceScores | None) -> str:
+            if scores is None:
+                return f"{name:<{width}}  {'-':>6}" + "".join(f"  {'-':>7}" for _ in INSTANCE_COLUMNS)
+            summary = scores.summary()
+            values = [summary[key] for _, key in INSTANCE_COLUMNS]
+            return f"{name:<{width}}  {scores.frames:>6}" + "".join(
+                f"  {'-':>7}" if v is None else f"  {v:>7.4f}" for v in values)
+
+        lines += [line(r.name, r.instance) for r in self.rows]
+        if len(self.rows) > 1:
+            lines.append(line("dataset", dataset))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"sequences": [r.to_json() for r in self.rows], "mean": self.mean()}
+        dataset = self.dataset_instance()
+        pooled = None
+        if dataset is not None:
+            thresholds, precision, recall = dataset.curve()
+            pooled = {**dataset.summary(), "curve": {"threshold": thresholds.tolist(), "precision": precision.tolist(),
+                                                     "recall": recall.tolist()}}
+        return {"sequences": [r.to_json() for r in self.rows], "mean": self.mean(), "dataset": pooled}
 
     def write_json(self, path: Path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (temp file beside it, then rename)."""
@@ -207,6 +277,8 @@ def _check_inputs(res: Path, gt: Path) -> int:
     tra = {int(m.group(1)): p for p in sorted(tra_dir.iterdir()) if (m := _TRA_RE.match(p.name))}
     if not tra:
         raise UserInputError(f"{tra_dir}: no man_trackNNN.tif files")
+    if len(tra) == 1:
+        raise UserInputError(f"{tra_dir}: one GT frame; py-ctcmetrics needs at least two frames to score a sequence")
     if sorted(tra) != list(range(len(tra))):
         raise UserInputError(f"{tra_dir}: GT markers cover frames {min(tra)}-{max(tra)}, not 0-{len(tra) - 1}; "
                              f"py-ctcmetrics pairs frames by position and cannot score this sequence")
@@ -239,6 +311,61 @@ def _has_seg(gt: Path) -> bool:
     return seg.is_dir() and any(_SEG_RE.match(p.name) for p in seg.iterdir())
 
 
+def _read_labels(path: Path) -> np.ndarray:
+    """An integer label image with leading singleton axes dropped (as :func:`_frame_headers` reports shapes)."""
+    import tifffile
+
+    try:
+        labels = tifffile.imread(path)
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise UserInputError(f"{path}: unreadable TIFF ({' '.join(str(exc).split()) or type(exc).__name__})"
+                             ) from None
+    while labels.ndim > 2 and labels.shape[0] == 1:
+        labels = labels[0]
+    if labels.dtype.kind not in "iub":
+        kind = "float " if labels.dtype.kind == "f" else ""
+        raise UserInputError(f"{path}: label image has {kind}dtype {labels.dtype}")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise UserInputError(f"{path}: label image has negative label {labels.min()}")
+    return labels
+
+
+def instance_scores(res: Path, gt: Path) -> InstanceScores:
+    """Instance precision/recall, pixel IoU and adapted Rand error of ``res``'s masks on ``gt``'s SEG frames.
+
+    A slice file ``man_seg_TTT_ZZZ.tif`` is compared with slice ZZZ of ``maskTTT.tif``.
+
+    Raises:
+        UserInputError: a GT SEG frame without its result mask, unreadable or non-integer labels, or shapes
+            that differ.
+    """
+    res, gt = Path(res), Path(gt)
+    masks = list_masks(res)
+    files = []
+    for path in sorted((gt / "SEG").iterdir()):
+        if match := _SEG_FRAME_RE.match(path.name):
+            files.append((int(match.group(1)), None if match.group(2) is None else int(match.group(2)), path))
+    scores = InstanceScores()
+    cached: tuple[int, np.ndarray] | None = None
+    for t, z, path in sorted(files, key=lambda item: (item[0], -1 if item[1] is None else item[1])):
+        if t not in masks:
+            raise UserInputError(f"{path}: no result mask{t:03d}.tif in {res} for this GT SEG frame")
+        if cached is None or cached[0] != t:
+            cached = (t, _read_labels(masks[t]))
+        predicted = cached[1]
+        reference = _read_labels(path)
+        if z is not None:
+            if predicted.ndim != reference.ndim + 1 or not 0 <= z < predicted.shape[0]:
+                raise UserInputError(f"{path}: slice {z} of frame {t}, but {masks[t].name} has shape "
+                                     f"{predicted.shape}")
+            predicted = predicted[z]
+        if reference.shape != predicted.shape:
+            raise UserInputError(f"{path}: shape {reference.shape} differs from the result {masks[t].name} "
+                                 f"{predicted.shape}")
+        scores.add(reference, predicted)
+    return scores
+
+
 def _number(value: object) -> float:
     return float(value)  # numpy scalars from py-ctcmetrics -> plain floats for JSON
 
@@ -251,6 +378,7 @@ def evaluate_sequence(
     seg: bool | None = None,
     extra_metrics: Sequence[str] = (),
     threads: int = 1,
+    instance: bool = True,
 ) -> SequenceScores:
     """Score one sequence's result folder against its GT folder with py-ctcmetrics.
 
@@ -261,6 +389,8 @@ def evaluate_sequence(
         seg: compute SEG (and OP_CSB, OP_CTB); None = when ``gt/SEG`` holds frames.
         extra_metrics: further py-ctcmetrics measures to put in ``details`` (e.g. ``"BC(0)"``, ``"LNK"``).
         threads: worker processes for py-ctcmetrics' mask matching (0 = one per CPU).
+        instance: with SEG, also score instance precision/recall, pixel IoU and adapted Rand error on the GT
+            SEG frames (:func:`instance_scores`).
 
     Raises:
         UserInputError: missing or inconsistent files (frames, shapes, dtypes, table), or a result that
@@ -304,8 +434,10 @@ def evaluate_sequence(
     for m, v in scores.items():
         if v is not None and math.isnan(v):
             scores[m] = None
+    pooled = instance_scores(res, gt) if seg and instance else None
     return SequenceScores(name=name, res=res, gt=gt, frames=frames, seg=scores["SEG"], det=scores["DET"],
-                          tra=scores["TRA"], op_csb=scores["OP_CSB"], op_ctb=scores["OP_CTB"], details=details)
+                          tra=scores["TRA"], op_csb=scores["OP_CSB"], op_ctb=scores["OP_CTB"], details=details,
+                          instance=pooled)
 
 
 def evaluate_results(
@@ -315,6 +447,7 @@ def evaluate_results(
     seg: bool | None = None,
     threads: int = 1,
     show_progress: bool = False,
+    instance: bool = True,
 ) -> EvaluationTable:
     """Score one sequence or every ``NN_RES`` of a dataset folder (see :func:`find_sequence_pairs`).
 
@@ -324,6 +457,7 @@ def evaluate_results(
         seg: compute SEG; None = wherever the GT has SEG frames.
         threads: worker processes for py-ctcmetrics (0 = one per CPU).
         show_progress: show a tqdm bar over sequences.
+        instance: with SEG, also score the instance measures (see :func:`evaluate_sequence`).
 
     Raises:
         UserInputError: see :func:`find_sequence_pairs` and :func:`evaluate_sequence`.
@@ -333,6 +467,37 @@ def evaluate_results(
     pairs = find_sequence_pairs(res, gt)
     rows = []
     for sequence, res_dir, gt_dir in tqdm(pairs, desc="evaluating", unit="seq", disable=not show_progress):
-        rows.append(evaluate_sequence(res_dir, gt_dir, name=sequence, seg=seg, threads=threads))
+        rows.append(evaluate_sequence(res_dir, gt_dir, name=sequence, seg=seg, threads=threads, instance=instance))
         logger.info("%s: %s", sequence, {m: rows[-1].measure(m) for m in MEASURES})
     return EvaluationTable(rows=tuple(rows))
+
+
+def write_precision_recall_curve(table: EvaluationTable, path: Path, *, title: str | None = None) -> Path | None:
+    """Draw instance precision and recall against the IoU threshold (each sequence, and the dataset pooled when
+    there are several) into PNG ``path`` atomically; None, writing nothing, when no sequence has GT SEG scores."""
+    import matplotlib.pyplot as plt
+
+    from celltune.platform.plots import precision_recall_figure
+
+    curves = {f"sequence {r.name}": r.instance.curve() for r in table.rows if r.instance is not None}
+    if not curves:
+        logger.info("no instance scores (no GT SEG frames): no precision/recall curve for %s", path)
+        return None
+    dataset = table.dataset_instance()
+    if len(curves) > 1 and dataset is not None:
+        curves["dataset"] = dataset.curve()
+    figure = precision_recall_figure(curves, title=title or "instance precision and recall")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(figure)
+    return path

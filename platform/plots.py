@@ -61,3 +61,30 @@ def overlay_figure(raw: np.ndarray, reference: np.ndarray | None, prediction: np
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def precision_recall_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+                            title: str = "instance precision and recall",
+                            marks: Sequence[float] = (0.25, 0.5, 0.75)):
+    """Instance precision (solid) and recall (dashed) against the IoU threshold, one colour per curve.
+
+    Args:
+        curves: ``{label: (thresholds, precision, recall)}``, e.g. from ``InstanceScores.curve()``.
+        title: figure title.
+        marks: thresholds drawn as faint vertical lines (the ones reported in tables).
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, (thresholds, precision, recall)) in enumerate(curves.items()):
+        colour = colours[index % len(colours)]
+        axis.plot(thresholds, precision, color=colour, marker="o", markersize=3, label=f"{label} precision")
+        axis.plot(thresholds, recall, color=colour, linestyle="--", marker="s", markersize=3, label=f"{label} recall")
+    for mark in marks:
+        axis.axvline(mark, color="0.6", linewidth=0.8, alpha=0.5)
+    axis.set(title=title, xlabel="IoU threshold", ylabel="score", xlim=(0, 1), ylim=(-0.02, 1.02))
+    axis.grid(alpha=0.3)
+    if curves:
+        axis.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    return figure
