@@ -20,12 +20,13 @@ from typing import Any
 
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.mlflow_observer import MlflowObserver
+from celltune.platform.model_registry import load_model, register_checkpoint
 from celltune.platform.tracking import RunLogger, default_tracking_uri, flatten_params, metric_name
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
     build_tuner,
-    checkpoint_dir_of,
+    checkpoint_of,
     concurrency_for,
     evaluations_per_trial,
     experiment_path,
@@ -87,7 +88,7 @@ class TrialRow:
     evaluations: int
     objective: float | None  # best value of the objective over the trial's evaluations
     sample: dict[str, Any]
-    checkpoint_dir: str | None
+    checkpoint: Any  # ray.tune.Checkpoint (local or remote storage) or None
     error: str | None = None
 
     def as_row(self, objective_name: str) -> dict[str, Any]:
@@ -178,7 +179,7 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
         result = SearchResult(name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
                               path=experiment_path(settings), trials=rows, best=best)
         _log_search_summary(RunLogger(tracking_uri, parent_run_id), space, rows, best)
-        if best is not None and best.checkpoint_dir:
+        if best is not None and best.checkpoint is not None:
             _finish_best(result, space, client, hooks, register_as or f"celltune-{space.name}", seed=seed,
                          show_progress=show_progress)
     except BaseException:
@@ -239,7 +240,7 @@ def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
             status = "stopped early"
         trial_id = metrics.get("trial_id") or Path(result.path).name
         rows.append(TrialRow(trial_id=str(trial_id), status=status, evaluations=evaluations, objective=objective,
-                             sample=dict(result.config or {}), checkpoint_dir=checkpoint_dir_of(result),
+                             sample=dict(result.config or {}), checkpoint=checkpoint_of(result),
                              error=None if result.error is None else _first_line(result.error)))
     return sorted(rows, key=lambda row: row.trial_id)
 
@@ -249,7 +250,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _best_trial(rows: list[TrialRow], space: SearchSpace) -> TrialRow | None:
-    scored = [row for row in rows if row.objective is not None and row.checkpoint_dir]
+    scored = [row for row in rows if row.objective is not None and row.checkpoint is not None]
     if not scored:
         return None
     pick = max if space.objective.mode == "max" else min
@@ -298,11 +299,18 @@ def _log_search_summary(run: RunLogger, space: SearchSpace, rows: list[TrialRow]
 def _finish_best(result: SearchResult, space: SearchSpace, client, hooks: MlflowTrialHooks, model_name: str, *,
                  seed: int, show_progress: bool) -> None:
     """Tune the best model's thresholds on cached validation probabilities, then register it (once)."""
-    from celltune.platform.model_registry import load_model, register_checkpoint
+    best = result.best
+    with tempfile.TemporaryDirectory(prefix="celltune-best-") as scratch:
+        checkpoint_dir = Path(best.checkpoint.to_directory(scratch))  # local copy, also from s3:// storage
+        _tune_and_register(result, space, client, hooks, model_name, checkpoint_dir, seed=seed,
+                           show_progress=show_progress)
 
+
+def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: MlflowTrialHooks, model_name: str,
+                       checkpoint_dir: Path, *, seed: int, show_progress: bool) -> None:
     parent = client.get_run(result.parent_run_id)
     best = result.best
-    loaded = load_model(best.checkpoint_dir)
+    loaded = load_model(str(checkpoint_dir))
     description = loaded.description
     config = TrainConfig.model_validate(description["train_config"])
     start = dict(description.get("postprocess") or {})
@@ -339,7 +347,7 @@ def _finish_best(result: SearchResult, space: SearchSpace, client, hooks: Mlflow
         return
     child = hooks.child_run_id(best.trial_id)
     version = register_checkpoint(
-        Path(best.checkpoint_dir), name=model_name, run_id=child, tracking_uri=result.tracking_uri,
+        checkpoint_dir, name=model_name, run_id=child, tracking_uri=result.tracking_uri,
         postprocess_default=default, postprocess_per_dataset=per_dataset, metrics=scores,
         tags={"celltune.search": result.name, "celltune.search_run_id": result.parent_run_id,
               "celltune.trial_id": best.trial_id},

@@ -223,8 +223,14 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
     )
 
 
-def checkpoint_dir_of(result) -> str | None:
-    """Where a trial's latest checkpoint is: Tune's own, or the Train run's for multi-worker trials."""
+def checkpoint_of(result):
+    """A trial's latest checkpoint (Tune's own, or the Train run's for multi-worker trials) on its storage
+    filesystem, local or remote; ``.to_directory()`` brings it to local disk."""
     if result.checkpoint is not None:
-        return result.checkpoint.path
-    return (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+        return result.checkpoint
+    path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+    if not path:
+        return None
+    from ray.tune import Checkpoint
+
+    return Checkpoint(path=path, filesystem=result.filesystem)
