@@ -2,8 +2,9 @@
 
 MLflow copies this file into the logged model and runs it on ``mlflow.pyfunc.load_model``; it only imports
 celltune and reads the safetensors weights and ``celltune_model.json`` shipped as artifacts. ``predict`` takes
-a batch of raw 2D frames ``(N, H, W)``, normalizes them with the batch's own statistics
-as the model's contract says, and returns instance label images of the same shape.
+a batch of raw 2D frames ``(N, H, W)`` (consecutive frames of one sequence for time-window models),
+normalizes them with the batch's own statistics as the model's contract says, and returns instance label
+images of the same shape.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class CelltunePyfunc(PythonModel):
         from celltune.trainables.data import normalize
         from celltune.trainables.inference import activation_for, predict_probabilities
         from celltune.trainables.postprocess import postprocess
+        from celltune.trainables.temporal_inference import predict_sequence_probabilities
 
         frames = np.asarray(model_input, dtype=np.float32)
         accumulator = IntensityStats(frames.dtype)
@@ -32,12 +34,15 @@ class CelltunePyfunc(PythonModel):
         stats = accumulator.result()
         loaded = self.loaded
         thresholds = loaded.postprocess_params((params or {}).get("dataset") or None)
-        labels = []
-        for frame in frames:
-            image = normalize(frame, stats, loaded.normalization)
-            probs = predict_probabilities(loaded.model, image, size_multiple=loaded.size_multiple,
-                                          activation=activation_for(loaded.target_kind), device="cpu")[0]
-            labels.append(postprocess(loaded.target_kind, probs, **thresholds).astype(np.int32))
+        images = np.stack([normalize(frame, stats, loaded.normalization) for frame in frames])
+        time_window = int(getattr(loaded.model.spec, "time_window", 1) or 1)
+        common = {"size_multiple": loaded.size_multiple, "activation": activation_for(loaded.target_kind),
+                  "device": "cpu"}
+        if time_window > 1:  # the batch is a sequence: every frame is predicted from its sliding window
+            probabilities = predict_sequence_probabilities(loaded.model, images, time_window=time_window, **common)
+        else:
+            probabilities = predict_probabilities(loaded.model, images, **common)
+        labels = [postprocess(loaded.target_kind, probs, **thresholds).astype(np.int32) for probs in probabilities]
         return np.stack(labels)
 
 

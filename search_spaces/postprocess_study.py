@@ -155,6 +155,7 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
     """
     from celltune.trainables.data import load_validation_frames
     from celltune.trainables.inference import activation_for, predict_probabilities
+    from celltune.trainables.temporal_inference import predict_window_probabilities
 
     kind, size_multiple = _model_facts(model_description)
     normalization = model_description.get("normalization")
@@ -165,7 +166,8 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
             data_config = DataConfig.model_validate({**data_config.model_dump(), "normalization": normalization})
         except ValidationError as exc:
             raise UserInputError(f"model description: {describe_validation_error(exc)}") from None
-    validation = load_validation_frames(data_config)
+    time_window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
+    validation = load_validation_frames(data_config, time_window=time_window)
     activation = activation_for(kind)
     frames: dict[str, list[Frame]] = {}
     total = sum(len(items) for items in validation.values())
@@ -173,8 +175,9 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
         for name, items in validation.items():
             frames[name] = []
             for frame in items:
-                probs = predict_probabilities(model, frame.image, size_multiple=size_multiple, activation=activation,
-                                              device=device)[0]
+                predict, images = ((predict_window_probabilities, frame.window) if frame.window is not None
+                                   else (predict_probabilities, frame.image))  # time-window models get windows
+                probs = predict(model, images, size_multiple=size_multiple, activation=activation, device=device)[0]
                 frames[name].append((probs.astype(dtype, copy=False), np.asarray(frame.labels)))
                 bar.update()
     return ValidationProbabilities(kind, frames)

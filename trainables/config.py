@@ -22,11 +22,25 @@ class _Strict(BaseModel):
 
 
 class AugmentConfig(_Strict):
-    """Random flips and 90-degree rotations (one of the six, uniformly), plus optional noise and jitter."""
+    """Random flips and 90-degree rotations (one of the six, uniformly), plus optional noise and jitter.
+
+    Rotation by arbitrary angles and elastic deformation (Simard et al., ICDAR 2003: a displacement field of
+    uniform noise in [-1, 1] smoothed by a Gaussian of std ``elastic_sigma`` and scaled by ``elastic_alpha``
+    pixels) move the image (linear interpolation) and every target (nearest neighbour) together; each is drawn
+    with its probability, and all are off by default.
+    """
 
     flips_and_rotations: bool = True
-    noise_std: float = Field(0.0, ge=0.0, description="std of additive |N(0, s)| noise on [0, 1] images")
+    noise_std: float = Field(0.0, ge=0.0, description="std of additive noise on [0, 1] images (0: none)")
+    noise_kind: Literal["half_normal", "gaussian"] = Field(
+        "half_normal", description="half_normal: |N(0, s)| as in U-SE-ResNet; gaussian: zero-mean N(0, s)")
+    noise_p: float = Field(1.0, ge=0.0, le=1.0, description="probability of adding noise when noise_std > 0")
     intensity_jitter: float = Field(0.0, ge=0.0, lt=1.0, description="max relative gain/offset change")
+    rotation_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of a rotation by a random angle")
+    rotation_max_degrees: float = Field(180.0, gt=0.0, le=180.0, description="angles drawn from +-this")
+    elastic_p: float = Field(0.0, ge=0.0, le=1.0, description="probability of an elastic deformation")
+    elastic_alpha: float = Field(200.0, ge=0.0, description="scale of the smoothed displacement field (pixels)")
+    elastic_sigma: float = Field(10.0, gt=0.0, description="std of the Gaussian smoothing the field (pixels)")
 
 
 class DataConfig(_Strict):
@@ -37,6 +51,9 @@ class DataConfig(_Strict):
     pad: int | None = Field(None, ge=0, description="reflection padding per side; default 8 (16 for 6 stages)")
     normalization: Literal["minmax", "percentile"] = "minmax"
     augment: AugmentConfig = AugmentConfig()
+    foreground_crop_p: float = Field(0.0, ge=0.0, le=1.0,
+                                     description="probability that a crop is centred on an annotated cell pixel "
+                                                 "instead of placed uniformly (0: always uniform)")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per dataset")
     cache_in_ram: bool = False
 
@@ -68,16 +85,30 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    name: Literal["ce", "ce_j", "edge_bce", "weight_map_ce"] = "ce"
+    name: Literal["ce", "ce_j", "edge_bce", "freq_ce", "weight_map_ce"] = "ce"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["adamw"] = "adamw"
+    """AdamW (decoupled weight decay, the default), Adam (L2 penalty in the gradient) or SGD with momentum.
+
+    `betas` and `amsgrad` apply to the Adam family, `momentum` and `nesterov` to SGD (the original U-Net used SGD
+    with momentum 0.99); see `celltune.trainables.optimizers.build_optimizer`.
+    """
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     amsgrad: bool = True
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool = Field(False, description="SGD with Nesterov momentum (needs momentum > 0)")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerConfig:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0")
+        return self
 
 
 class SchedulerConfig(_Strict):

@@ -1,11 +1,16 @@
 """Training and validation data from celltune stores: one endless random-crop stream per dataset.
 
-Each stream is a ``DataLoader`` over an ``IterableDataset`` that draws a frame of this rank's shard, a random
-crop of it (the loss region plus ``margin`` pixels of real context, reflection-padded where the frame ends),
-one of the six flips/rotations, optional noise and intensity jitter, and the target arrays for the model's
-target kind. Stores are opened lazily by :class:`~celltune.data_prep.reader.SequenceReader` inside whichever
-process reads (zarr 3's event-loop thread must not cross a fork), and each loader worker seeds its own
-generator from (seed, rank, worker id), so runs are reproducible.
+Each stream is a ``DataLoader`` over an ``IterableDataset`` that draws a frame of this rank's shard, a crop of
+it (placed uniformly, or with probability ``foreground_p`` centred on a random annotated pixel so sparse
+datasets do not feed mostly empty crops; the loss region plus ``margin`` pixels of real context,
+reflection-padded where the frame ends), an optional rotation by any angle and elastic deformation (see
+:mod:`celltune.trainables.augment`), one of the six flips/rotations, optional noise and intensity jitter, and
+the target arrays for the model's target kind. Models with a time window get the ``time_window`` frames ending
+at the target frame (the first frame repeated before the sequence starts), all with the same crop and
+augmentation, as an image of shape ``(T, 1, h, w)``. Stores are opened lazily by
+:class:`~celltune.data_prep.reader.SequenceReader` inside whichever process reads (zarr 3's event-loop thread
+must not cross a fork), and each loader worker seeds its own generator from (seed, rank, worker id), so runs
+are reproducible.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from celltune.data_prep import store_format
 from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.index import frames_for, load_index
 from celltune.data_prep.reader import SequenceReader
+from celltune.trainables.augment import Warp, add_noise, apply_warp, sample_warp
 from celltune.trainables.config import AugmentConfig, DataConfig
 from celltune.trainables.losses import edge_distance_weights
 from celltune.trainables.schemes import POOLED
@@ -32,6 +38,9 @@ from celltune.trainables.schemes import POOLED
 logger = logging.getLogger(__name__)
 
 CACHE_BYTES_PER_SEQUENCE = 2 * 1024**3
+# Foreground positions are kept per frame on a grid of at most this many points (a stride of 4 px for 512x512,
+# 8 px for 1024x1024), so the cache stays small and a centre is still within a few pixels of any cell.
+FOREGROUND_GRID_POINTS = 2**14
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class ValidationFrame:
     raw: np.ndarray  # (H, W) as stored, for pictures
     image: np.ndarray  # (H, W) float32, normalized as in training
     labels: np.ndarray  # (H, W) reference instances
+    window: np.ndarray | None = None  # (T, H, W) normalized frames ending at this one, for time-window models
 
 
 def normalize(image: np.ndarray, stats: Mapping[str, float], method: str) -> np.ndarray:
@@ -83,13 +93,32 @@ def crop_size_for(crop: int | str, frames: list[FrameRef], readers: Mapping[tupl
 
 
 class RandomCrops(IterableDataset):
-    """Endless augmented random crops from a list of frames (one dataset, or all of them for ``mix``)."""
+    """Endless augmented random crops from a list of frames (one dataset, or all of them for ``mix``).
+
+    Args:
+        frames: the frames to draw from.
+        crop: side of the loss region in pixels.
+        margin: context pixels read on every side of the loss region (the crop is ``crop + 2 * margin``).
+        target_kind: "tertiary", "mask_marker" or "binary": which target arrays to read.
+        weights: also yield the loss's pixel weight map.
+        normalization: "minmax" or "percentile" (see :func:`normalize`).
+        augment: which augmentations to draw.
+        seed: seed of this stream (each loader worker adds its id).
+        cache_bytes: per-sequence RAM cache of decoded frames.
+        foreground_p: probability that a crop is centred on a random annotated pixel of its frame (0: uniform).
+        time_window: frames per sample; above 1 the image is ``(T, 1, h, w)``, the target frame last.
+    """
 
     def __init__(self, frames: list[FrameRef], *, crop: int, margin: int, target_kind: str, weights: bool,
-                 normalization: str, augment: AugmentConfig, seed: int, cache_bytes: int = 0) -> None:
+                 normalization: str, augment: AugmentConfig, seed: int, cache_bytes: int = 0,
+                 foreground_p: float = 0.0, time_window: int = 1) -> None:
         super().__init__()
         if not frames:
             raise UserInputError("a training stream has no frames")
+        if not 0.0 <= foreground_p <= 1.0:
+            raise UserInputError(f"foreground_crop_p={foreground_p}: must lie in [0, 1]")
+        if isinstance(time_window, bool) or not isinstance(time_window, int) or time_window < 1:
+            raise UserInputError(f"time_window={time_window!r}: must be an integer >= 1")
         self.frames = frames
         self.crop = crop
         self.margin = margin
@@ -99,7 +128,10 @@ class RandomCrops(IterableDataset):
         self.augment = augment
         self.seed = seed
         self.cache_bytes = cache_bytes
+        self.foreground_p = foreground_p
+        self.time_window = time_window
         self._readers: dict[tuple[str, str], SequenceReader] = {}
+        self._foreground: dict[FrameRef, tuple[int, np.ndarray]] = {}
 
     def _reader(self, frame: FrameRef) -> SequenceReader:
         key = (frame.store, frame.sequence)
@@ -114,29 +146,81 @@ class RandomCrops(IterableDataset):
             yield self.sample(rng)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        # Every optional step draws from ``rng`` only when switched on, so an option that is off changes no
+        # crop: the same seed gives the same stream as a configuration without that option.
         frame = self.frames[int(rng.integers(len(self.frames)))]
         reader = self._reader(frame)
-        height, width = reader.frame_shape[-2:]
-        side = self.crop
-        y0 = int(rng.integers(0, max(height - side, 0) + 1))
-        x0 = int(rng.integers(0, max(width - side, 0) + 1))
-        window = (y0 - self.margin, x0 - self.margin, side + 2 * self.margin)
-        image = normalize(_padded_crop(reader, "raw", frame, *window), reader.stats, self.normalization)
-        arrays = {"image": image[None]}
+        y0, x0 = self._crop_origin(rng, frame, reader)
+        aug = self.augment
+        side = self.crop + 2 * self.margin
+        warp = sample_warp(rng, side, rotation_p=aug.rotation_p, rotation_max_degrees=aug.rotation_max_degrees,
+                           elastic_p=aug.elastic_p, elastic_alpha=aug.elastic_alpha, elastic_sigma=aug.elastic_sigma)
+        border = warp.border if warp is not None else 0
+        window = (y0 - self.margin - border, x0 - self.margin - border, side + 2 * border)
+        arrays = {"image": self._images(reader, frame, window)}
         arrays.update(self._targets(reader, frame, window))
-        k = int(rng.integers(6)) if self.augment.flips_and_rotations else 0
+        if warp is not None:
+            arrays = {name: _warp(name, a, warp) for name, a in arrays.items()}
+        if "labels" in arrays:  # weights follow the (warped) labels, computed after the warp
+            arrays["weight"] = edge_distance_weights(arrays.pop("labels"))[None]
+        k = int(rng.integers(6)) if aug.flips_and_rotations else 0
         arrays = {name: _flip_rotate(a, k) for name, a in arrays.items()}
         image = arrays["image"]
-        if self.augment.intensity_jitter:
-            gain = 1.0 + rng.uniform(-self.augment.intensity_jitter, self.augment.intensity_jitter)
-            offset = rng.uniform(-self.augment.intensity_jitter, self.augment.intensity_jitter)
+        if aug.intensity_jitter:
+            gain = 1.0 + rng.uniform(-aug.intensity_jitter, aug.intensity_jitter)
+            offset = rng.uniform(-aug.intensity_jitter, aug.intensity_jitter)
             image = image * np.float32(gain) + np.float32(offset)
-        if self.augment.noise_std:
-            image = image + np.abs(rng.normal(0.0, self.augment.noise_std, image.shape)).astype(np.float32)
+        if aug.noise_std and (aug.noise_p >= 1.0 or rng.random() < aug.noise_p):
+            image = add_noise(image, rng, aug.noise_std, aug.noise_kind)
         arrays["image"] = image
         return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
 
+    def _crop_origin(self, rng: np.random.Generator, frame: FrameRef, reader: SequenceReader) -> tuple[int, int]:
+        """Top-left corner of the loss region: uniform, or centred on an annotated pixel with ``foreground_p``."""
+        height, width = reader.frame_shape[-2:]
+        side = self.crop
+        high_y, high_x = max(height - side, 0), max(width - side, 0)
+        if self.foreground_p > 0 and rng.random() < self.foreground_p:
+            stride, points = self._foreground_points(frame, reader)
+            if points.size:
+                row, col = divmod(int(points[int(rng.integers(points.size))]), -(-width // stride))
+                y, x = min(row * stride + stride // 2, height - 1), min(col * stride + stride // 2, width - 1)
+                return (int(np.clip(y - side // 2, 0, high_y)), int(np.clip(x - side // 2, 0, high_x)))
+        return int(rng.integers(0, high_y + 1)), int(rng.integers(0, high_x + 1))
+
+    def _foreground_points(self, frame: FrameRef, reader: SequenceReader) -> tuple[int, np.ndarray]:
+        """``(stride, cells)``: flat indices of the grid cells (``stride`` px squares) holding annotated pixels.
+
+        Read once per frame from its instance labels (one whole-frame read of a zstd-compressed label array) and
+        kept, so later foreground crops of the frame cost a random draw.
+        """
+        cached = self._foreground.get(frame)
+        if cached is not None:
+            return cached
+        height, width = reader.frame_shape[-2:]
+        stride = max(1, math.ceil(math.sqrt(height * width / FOREGROUND_GRID_POINTS)))
+        labels = reader.crop(f"{frame.source}_seg", frame.t, 0, 0, height, width, z=frame.z)
+        rows, cols = -(-height // stride), -(-width // stride)
+        padded = np.zeros((rows * stride, cols * stride), dtype=bool)
+        padded[:height, :width] = labels > 0
+        occupied = padded.reshape(rows, stride, cols, stride).any(axis=(1, 3))
+        points = np.flatnonzero(occupied).astype(np.int32)
+        if not points.size:
+            logger.debug("%s/%s t=%d: no annotated pixels, foreground crops fall back to uniform",
+                         frame.store, frame.sequence, frame.t)
+        self._foreground[frame] = (stride, points)
+        return stride, points
+
+    def _images(self, reader: SequenceReader, frame: FrameRef, window: tuple[int, int, int]) -> np.ndarray:
+        """``(1, s, s)``, or ``(T, 1, s, s)`` for a time window: frames t-T+1..t, clamped to the sequence start."""
+        if self.time_window == 1:
+            return normalize(_padded_crop(reader, "raw", frame, *window), reader.stats, self.normalization)[None]
+        times = [max(frame.t - lag, 0) for lag in reversed(range(self.time_window))]
+        crops = {t: _padded_crop(reader, "raw", frame, *window, t=t) for t in set(times)}
+        return normalize(np.stack([crops[t] for t in times]), reader.stats, self.normalization)[:, None]
+
     def _targets(self, reader: SequenceReader, frame: FrameRef, window: tuple[int, int, int]) -> dict[str, np.ndarray]:
+        """Target arrays of the crop; ``labels`` (mask_marker with weights) becomes the weight map after warping."""
         source = frame.source
         if self.target_kind == "tertiary":
             return {"target": _padded_crop(reader, f"{source}/tertiary", frame, *window).astype(np.int64)}
@@ -149,17 +233,24 @@ class RandomCrops(IterableDataset):
         marker = _padded_crop(reader, f"{source}/marker", frame, *window)
         out = {"target": np.stack([mask, marker]).astype(np.float32)}
         if self.weights:
-            labels = _padded_crop(reader, f"{source}_seg", frame, *window)
-            out["weight"] = edge_distance_weights(labels)[None]
+            out["labels"] = _padded_crop(reader, f"{source}_seg", frame, *window)
         return out
 
 
-def _padded_crop(reader: SequenceReader, name: str, frame: FrameRef, y0: int, x0: int, side: int) -> np.ndarray:
-    """``side`` x ``side`` window at (y0, x0); the part outside the frame is mirrored from inside it."""
+def _warp(name: str, array: np.ndarray, warp: Warp) -> np.ndarray:
+    """Images interpolate linearly; targets, weight maps and labels take their nearest source pixel, so classes,
+    label ids and the weights that belong to them stay aligned."""
+    return apply_warp(array, warp, order=1 if name == "image" else 0)
+
+
+def _padded_crop(reader: SequenceReader, name: str, frame: FrameRef, y0: int, x0: int, side: int,
+                 t: int | None = None) -> np.ndarray:
+    """``side`` x ``side`` window at (y0, x0) of ``frame`` (or of frame ``t`` of its sequence, same slice); the
+    part outside the frame is mirrored from inside it."""
     height, width = reader.frame_shape[-2:]
     top, left = max(y0, 0), max(x0, 0)
     bottom, right = min(y0 + side, height), min(x0 + side, width)
-    inner = reader.crop(name, frame.t, top, left, bottom - top, right - left, z=frame.z)
+    inner = reader.crop(name, frame.t if t is None else t, top, left, bottom - top, right - left, z=frame.z)
     pads = ((top - y0, y0 + side - bottom), (left - x0, x0 + side - right))
     if any(p for pair in pads for p in pair):
         # "symmetric" repeats the edge pixel, so any pad width works even for small frames (np.pad tiles it).
@@ -182,7 +273,7 @@ class TrainingStreams:
     """One endless batch iterator per dataset (or one pooled iterator for ``mix``), this rank's shard."""
 
     def __init__(self, data: DataConfig, *, target_kind: str, margin: int, size_multiple: int, rank: int,
-                 world_size: int, seed: int, weights: bool, pooled: bool) -> None:
+                 world_size: int, seed: int, weights: bool, pooled: bool, time_window: int = 1) -> None:
         self.names = data.dataset_names
         self.frames_per_dataset: dict[str, int] = {}
         self._iterators: dict[str | int, Iterator[dict[str, torch.Tensor]]] = {}
@@ -199,7 +290,8 @@ class TrainingStreams:
             readers = {(f.store, f.sequence): SequenceReader(f.store, f.sequence) for f in frames}
             crops[name] = crop_size_for(data.crop_for(name), frames, readers, size_multiple)
         common = dict(margin=margin, target_kind=target_kind, weights=weights, normalization=data.normalization,
-                      augment=data.augment, cache_bytes=CACHE_BYTES_PER_SEQUENCE if data.cache_in_ram else 0)
+                      augment=data.augment, cache_bytes=CACHE_BYTES_PER_SEQUENCE if data.cache_in_ram else 0,
+                      foreground_p=data.foreground_crop_p, time_window=time_window)
         if pooled:
             frames = [f for name in self.names for f in shards[name]]
             dataset = RandomCrops(frames, crop=crops[self.names[0]], seed=_seed(seed, rank, -1), **common)
@@ -228,8 +320,12 @@ def build_training_streams(data: DataConfig, **kwargs: Any) -> TrainingStreams:
     return TrainingStreams(data, **kwargs)
 
 
-def load_validation_frames(data: DataConfig) -> dict[str, list[ValidationFrame]]:
-    """Every validation frame (or 3D slice) of each dataset, read whole and normalized like training."""
+def load_validation_frames(data: DataConfig, time_window: int = 1) -> dict[str, list[ValidationFrame]]:
+    """Every validation frame (or 3D slice) of each dataset, read whole and normalized like training.
+
+    With ``time_window`` > 1 each frame also carries its window (frames t-T+1..t of its sequence, the first
+    frame repeated before the sequence starts), for models that see several frames.
+    """
     out: dict[str, list[ValidationFrame]] = {}
     for name, store in zip(data.dataset_names, data.stores, strict=True):
         frames = dataset_frames(Path(store), data.configuration, "val")
@@ -241,12 +337,23 @@ def load_validation_frames(data: DataConfig) -> dict[str, list[ValidationFrame]]
             labels = reader.frame(f"{frame.source}_seg", frame.t)
             if frame.z is not None:
                 raw, labels = raw[frame.z], labels[frame.z]
+            window = None
+            if time_window > 1:
+                times = [max(frame.t - lag, 0) for lag in reversed(range(time_window))]
+                stack = np.stack([_frame_slice(reader, t, frame.z) for t in times])
+                window = normalize(stack, reader.stats, data.normalization)
             items.append(ValidationFrame(raw=raw, image=normalize(raw, reader.stats, data.normalization),
-                                         labels=labels))
+                                         labels=labels, window=window))
         if not items:
             logger.warning("%s has no validation frames in configuration %s", name, data.configuration)
         out[name] = items
     return out
+
+
+def _frame_slice(reader: SequenceReader, t: int, z: int | None) -> np.ndarray:
+    """Raw frame ``t`` (2D), or only its slice ``z`` of a 3D frame (one slice read, not the volume)."""
+    height, width = reader.frame_shape[-2:]
+    return reader.crop("raw", t, 0, 0, height, width, z=z)
 
 
 def epoch_minibatches(frames: int, batch_size: int, world_size: int) -> int:

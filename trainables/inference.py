@@ -5,6 +5,12 @@ overlapping tiles whose logits are blended with a window that is zero next to in
 lacks context) and ramps up smoothly (cosine) across the overlap. Tiles start on multiples of the size
 multiple, so strided/pooled models see the same grid as on the whole image; a model whose receptive-field
 radius is at most ``tile_overlap // 4`` therefore gives the same result tiled and untiled.
+
+Models with unpadded ("valid") convolutions, whose output is ``output_crop`` pixels smaller per side (the
+original U-Net), are predicted by overlap-tile (Ronneberger et al., MICCAI 2015): the frame is mirror-extended,
+tiles overlap by the context the model consumes, and their outputs are put side by side, each output pixel
+taken from exactly one tile. Tiles start on multiples of the size multiple, so the result equals one pass over
+the whole mirror-extended frame.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -104,16 +111,24 @@ def predict_probabilities(
     whose sides are multiples of ``size_multiple``. Tile logits are blended in float32 on the CPU, then the
     activation is applied.
 
+    A model with an ``output_crop`` attribute > 0 (unpadded convolutions, e.g. ``unet`` with
+    ``padding="valid"``) is predicted by overlap-tile instead: the frame is mirror-extended (numpy "symmetric",
+    as the training crops are), tiles have the valid input sides ``min_input_size + k * size_multiple`` and
+    start on multiples of the size multiple, and their outputs abut, so the result equals one forward pass over
+    the whole mirror-extended frame. ``tile_overlap`` does not apply (the tiles overlap by the model's context).
+
     Args:
-        model: fully convolutional network mapping ``(B, 1, h, w)`` to logits ``(B, C, h, w)``.
+        model: fully convolutional network mapping ``(B, 1, h, w)`` to logits ``(B, C, h, w)``, or to
+            ``(B, C, h - 2 * output_crop, w - 2 * output_crop)`` for a valid-convolution model.
         images: ``(H, W)`` or ``(N, H, W)`` normalized intensities (float; 3D volumes as ``(Z, H, W)`` slices).
-        size_multiple: the model needs input sides divisible by this (16 for four 2x downsamplings).
+        size_multiple: the model needs input sides divisible by this (16 for four 2x downsamplings); must equal
+            the model's own ``size_multiple`` for a valid-convolution model.
         activation: ``"softmax"`` over the classes or per-channel ``"sigmoid"`` (see :func:`activation_for`).
         device: where the model runs.
         amp: mixed precision; None = on for CUDA, off elsewhere (see :func:`resolve_amp`).
         batch_size: tiles (or whole frames) per forward pass.
-        max_tile: longest tile side in pixels (rounded down to the size multiple); frames whose padded side
-            exceeds it are tiled along that side. None = never tile.
+        max_tile: longest tile side in pixels (rounded down to the size multiple, or to a valid input side);
+            frames whose padded side exceeds it are tiled along that side. None = never tile.
         tile_overlap: minimum overlap of neighbouring tiles in pixels (rounded up to the size multiple).
         show_progress: show a tqdm bar over tiles.
 
@@ -130,31 +145,39 @@ def predict_probabilities(
         raise UserInputError(f"activation={activation!r}: expected 'softmax' or 'sigmoid'")
     if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or tile_overlap < 0:
         raise UserInputError(f"tile_overlap={tile_overlap!r}: must be a non-negative integer")
-    overlap = math.ceil(tile_overlap / multiple) * multiple
-    tile = None
     if max_tile is not None:
         _positive_int("max_tile", max_tile)
-        tile = (max_tile // multiple) * multiple
-        if tile == 0 or 2 * overlap > tile:
-            raise UserInputError(
-                f"max_tile={max_tile}: the tile (rounded down to a multiple of {multiple}: {tile} px) must be at "
-                f"least twice tile_overlap={tile_overlap} (rounded up to {overlap})"
-            )
+    shrink = int(getattr(model, "output_crop", 0) or 0)
+    count, height, width = frames.shape
+    if shrink:
+        plan_y, plan_x = _valid_plans(model, height, width, multiple=multiple, max_tile=max_tile)
+        pad_mode = "symmetric"
+    else:
+        overlap = math.ceil(tile_overlap / multiple) * multiple
+        tile = None
+        if max_tile is not None:
+            tile = (max_tile // multiple) * multiple
+            if tile == 0 or 2 * overlap > tile:
+                raise UserInputError(
+                    f"max_tile={max_tile}: the tile (rounded down to a multiple of {multiple}: {tile} px) must be "
+                    f"at least twice tile_overlap={tile_overlap} (rounded up to {overlap})"
+                )
+        plan_y = _same_axis_plan(height, multiple, tile, overlap)
+        plan_x = _same_axis_plan(width, multiple, tile, overlap)
+        pad_mode = "reflect"
     target = resolve_device(device)
     amp_dtype = resolve_amp(target, amp)
 
-    count, height, width = frames.shape
-    pad_y, pad_x = _pad_amounts(height, multiple), _pad_amounts(width, multiple)
-    padded = np.pad(frames, ((0, 0), pad_y, pad_x), mode="reflect")
-    starts_y, windows_y = _axis_plan(padded.shape[1], tile, overlap)
-    starts_x, windows_x = _axis_plan(padded.shape[2], tile, overlap)
-    tile_h, tile_w = windows_y[0].size, windows_x[0].size
-    windows = [[np.outer(wy, wx).astype(np.float32) for wx in windows_x] for wy in windows_y]
-    weight_sum = np.zeros(padded.shape[1:], dtype=np.float32)
+    padded = np.pad(frames, ((0, 0), plan_y.pad, plan_x.pad), mode=pad_mode)
+    starts_y, starts_x = plan_y.starts, plan_x.starts
+    tile_h, tile_w = plan_y.tile, plan_x.tile
+    out_h, out_w = tile_h - 2 * shrink, tile_w - 2 * shrink
+    windows = [[np.outer(wy, wx).astype(np.float32) for wx in plan_x.windows] for wy in plan_y.windows]
+    weight_sum = np.zeros((plan_y.canvas, plan_x.canvas), dtype=np.float32)
     for iy, y0 in enumerate(starts_y):
         for ix, x0 in enumerate(starts_x):
-            weight_sum[y0 : y0 + tile_h, x0 : x0 + tile_w] += windows[iy][ix]
-    crop = (slice(pad_y[0], pad_y[0] + height), slice(pad_x[0], pad_x[0] + width))
+            weight_sum[y0 : y0 + out_h, x0 : x0 + out_w] += windows[iy][ix]
+    crop = (plan_y.crop, plan_x.crop)
     weight_sum = weight_sum[crop]
     if not (weight_sum > 0).all():
         raise RuntimeError("internal error: tiling leaves pixels without weight")
@@ -178,15 +201,16 @@ def predict_probabilities(
                     ]
                 )
                 inputs = torch.from_numpy(stack).unsqueeze(1).to(target)
-                logits = _check_output(model(inputs), inputs.shape).float().cpu().numpy()
+                logits = _check_output(model(inputs), inputs.shape, shrink).float().cpu().numpy()
                 if result is None:
                     result = np.empty((count, logits.shape[1], height, width), dtype=np.float32)
                 for (f, iy, ix), tile_logits in zip(batch, logits, strict=True):
                     if f not in pending:
-                        pending[f] = (np.zeros((logits.shape[1], *padded.shape[1:]), np.float32), tiles_per_frame)
+                        canvas = (logits.shape[1], plan_y.canvas, plan_x.canvas)
+                        pending[f] = (np.zeros(canvas, np.float32), tiles_per_frame)
                     acc, missing = pending[f]
                     y0, x0 = starts_y[iy], starts_x[ix]
-                    acc[:, y0 : y0 + tile_h, x0 : x0 + tile_w] += tile_logits * windows[iy][ix]
+                    acc[:, y0 : y0 + out_h, x0 : x0 + out_w] += tile_logits * windows[iy][ix]
                     pending[f] = (acc, missing - 1)
                     if missing == 1:  # the frame's last tile: finish it and free its accumulator
                         del pending[f]
@@ -197,6 +221,80 @@ def predict_probabilities(
     if result is None or pending:
         raise RuntimeError(f"internal error: {len(pending)} frame(s) left unfinished")
     return result
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """How one image axis is padded, cut into tiles and put back together.
+
+    Tile i reads the padded input at ``[starts[i], starts[i] + tile)`` and its output (``tile - 2 * output_crop``
+    long, weighted by ``windows[i]``) lands at ``[starts[i], ...)`` of the output canvas, where the frame is
+    ``crop``.
+    """
+
+    pad: tuple[int, int]
+    starts: list[int]
+    tile: int
+    windows: list[np.ndarray]
+    canvas: int
+    crop: slice
+
+
+def _same_axis_plan(length: int, multiple: int, tile: int | None, overlap: int) -> _AxisPlan:
+    """Reflection padding to the multiple, then blended overlapping tiles (same-size output)."""
+    pad = _pad_amounts(length, multiple)
+    padded = length + sum(pad)
+    starts, windows = _axis_plan(padded, tile, overlap)
+    return _AxisPlan(pad, starts, windows[0].size, windows, padded, slice(pad[0], pad[0] + length))
+
+
+def _valid_plans(model: nn.Module, height: int, width: int, *, multiple: int,
+                 max_tile: int | None) -> tuple[_AxisPlan, _AxisPlan]:
+    """Overlap-tile plans for a model whose output is ``output_crop`` px smaller per side than its input."""
+    own_multiple = int(getattr(model, "size_multiple", multiple))
+    if own_multiple != multiple:
+        raise UserInputError(f"size_multiple={multiple}: the valid-convolution model needs its own {own_multiple}")
+    shrink = int(model.output_crop)
+    min_input = int(getattr(model, "min_input_size", 0) or 0)
+    if min_input <= 2 * shrink:
+        raise UserInputError(f"model with output_crop={shrink} needs a min_input_size above {2 * shrink}")
+    largest = None
+    if max_tile is not None:
+        largest = (max_tile - min_input) // multiple * multiple
+        if largest < multiple:
+            raise UserInputError(
+                f"max_tile={max_tile}: tiles of this valid-convolution model need at least {min_input + multiple} px"
+            )
+    return (_valid_axis_plan(height, multiple, min_input, shrink, largest),
+            _valid_axis_plan(width, multiple, min_input, shrink, largest))
+
+
+def _valid_axis_plan(length: int, multiple: int, min_input: int, shrink: int, largest: int | None) -> _AxisPlan:
+    """Overlap-tile along one axis of a frame mirror-padded to the smallest valid input covering it.
+
+    That padded length is ``units * multiple + min_input``; tiles of ``per_tile * multiple + min_input`` px start
+    on multiples of ``multiple`` (the last one flush with the end), so each computes exactly what one pass over
+    the whole padded frame computes there. Neighbouring outputs overlap by at least ``min_output`` px (4 px for
+    the 5-stage U-Net); the 0/1 windows give every output pixel to exactly one tile, so the kept outputs abut.
+    """
+    min_output = min_input - 2 * shrink
+    units = max(0, math.ceil((length - min_output) / multiple))
+    per_tile = units if largest is None else min(units, largest // multiple)
+    count = math.ceil(units / per_tile) if per_tile else 1
+    per_tile = math.ceil(units / count)  # balanced tiles
+    starts = sorted({min(i * per_tile, units - per_tile) * multiple for i in range(count)})
+    canvas = units * multiple + min_output
+    out_len = per_tile * multiple + min_output
+    bounds = [0, *(start + min_output // 2 for start in starts[1:]), canvas]
+    windows = []
+    for index, start in enumerate(starts):
+        window = np.zeros(out_len)
+        window[bounds[index] - start : bounds[index + 1] - start] = 1.0
+        windows.append(window)
+    padded = canvas + 2 * shrink
+    before = (padded - length) // 2
+    return _AxisPlan((before, padded - length - before), starts, per_tile * multiple + min_input, windows, canvas,
+                     slice(before - shrink, before - shrink + length))
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -255,13 +353,15 @@ def _edge_ramp(overlap: int) -> np.ndarray:
     return np.concatenate([np.zeros(zeros), ramp])
 
 
-def _check_output(output: object, input_shape: torch.Size) -> torch.Tensor:
+def _check_output(output: object, input_shape: torch.Size, shrink: int = 0) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise UserInputError(f"model returned {type(output).__name__}; expected a logits tensor (B, C, H, W)")
-    if output.ndim != 4 or output.shape[0] != input_shape[0] or output.shape[2:] != input_shape[2:]:
+    expected = tuple(side - 2 * shrink for side in input_shape[2:])
+    if output.ndim != 4 or output.shape[0] != input_shape[0] or tuple(output.shape[2:]) != expected:
+        where = "at the input size" if not shrink else f"{shrink} px smaller per side than the input (output_crop)"
         raise UserInputError(
             f"model output shape {tuple(output.shape)} does not match its input {tuple(input_shape)} "
-            "(expected (B, C, H, W) at the input size)"
+            f"(expected (B, C, H, W) {where})"
         )
     return output
 

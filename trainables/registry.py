@@ -13,7 +13,8 @@ so `build_model` always sees every model. `model_spec` is cheap (names, target k
 
 Every built model carries two attributes:
 
-- `model.spec`: the `ModelSpec` for the options it was built with (target kind, output channels, size multiple).
+- `model.spec`: the `ModelSpec` for the options it was built with (target kind, output channels, size multiple,
+  and for valid-convolution models the pixels lost per side and the smallest input).
 - `model.celltune_config`: `{"name": str, "options": dict, "init_options": dict}`, plain JSON/YAML-safe values,
   enough to rebuild the architecture with `model_from_config(config)` and load a checkpoint's state dict into
   it. Options that only set initial weights (`init_only`, e.g. `encoder_weights`) are recorded at their default,
@@ -49,6 +50,7 @@ OUT_CHANNELS: dict[str, int] = {"tertiary": 3, "mask_marker": 2, "binary": 2}
 TARGET_KINDS: tuple[str, ...] = tuple(OUT_CHANNELS)
 
 SizeMultiple = int | Callable[[Mapping[str, Any]], int]
+OptionalSize = int | Callable[[Mapping[str, Any]], int] | None
 
 
 def did_you_mean(what: str, value: object, choices: Iterable[str], *, context: str = "") -> str:
@@ -81,9 +83,15 @@ class ModelSpec:
         target_kind: "tertiary", "mask_marker" or "binary".
         in_channels: image channels of the (B, C, H, W) input (1 for all CTC data).
         out_channels: logit channels (3 for tertiary, 2 otherwise).
-        size_multiple: H and W of the input must be multiples of this (see `pad_to_multiple`).
+        size_multiple: H and W of the input must be multiples of this (see `pad_to_multiple`); for a model with
+            `output_crop > 0`, input sides must be `min_input_size + k * size_multiple` instead.
+        time_window: consecutive frames per input; 1 for single-frame models, T > 1 for models fed
+            (B, T, 1, H, W) windows ending at the target frame (set by a model option `time_window`).
         defaults: every option of the model with its registered default.
         options: `defaults` updated by the options this spec was made for.
+        output_crop: pixels the model loses on each side (unpadded "valid" convolutions): an (H, W) input gives
+            an (H - 2 * output_crop, W - 2 * output_crop) output. 0 for "same"-padded models.
+        min_input_size: smallest input side (`size_multiple` for "same"-padded models).
     """
 
     name: str
@@ -91,8 +99,28 @@ class ModelSpec:
     in_channels: int
     out_channels: int
     size_multiple: int
+    time_window: int = 1
     defaults: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    output_crop: int = 0
+    min_input_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_input_size == 0:  # frozen dataclass: derive the default from size_multiple once
+            object.__setattr__(self, "min_input_size", self.size_multiple)
+
+    def is_valid_input(self, side: int) -> bool:
+        """Whether an input side of `side` pixels fits the model (`min_input_size + k * size_multiple`, k >= 0)."""
+        return side >= self.min_input_size and (side - self.min_input_size) % self.size_multiple == 0
+
+    def valid_input_size(self, side: int) -> int:
+        """The smallest valid input side >= `side`."""
+        steps = max(0, -(-(side - self.min_input_size) // self.size_multiple))
+        return self.min_input_size + steps * self.size_multiple
+
+    def input_size_for(self, output_side: int) -> int:
+        """The smallest valid input side whose output covers `output_side` pixels."""
+        return self.valid_input_size(output_side + 2 * self.output_crop)
 
     def for_options(self, options: Mapping[str, Any]) -> ModelSpec:
         """This spec with `options` applied on top of its own options (looked up in the default registry)."""
@@ -113,6 +141,8 @@ class _Entry:
     defaults: dict[str, Any]
     init_only: frozenset[str]
     base: str
+    output_crop: SizeMultiple = 0
+    min_input_size: OptionalSize = None
 
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
         for key in options:
@@ -126,14 +156,19 @@ class _Entry:
         if kind not in OUT_CHANNELS:
             raise UserInputError(f"model {self.name!r}: target_kind={kind!r}; choose one of {', '.join(TARGET_KINDS)}")
         multiple = self.size_multiple(resolved) if callable(self.size_multiple) else self.size_multiple
+        crop = self.output_crop(resolved) if callable(self.output_crop) else self.output_crop
+        smallest = self.min_input_size(resolved) if callable(self.min_input_size) else self.min_input_size
         return ModelSpec(
             name=self.name,
             target_kind=kind,
             in_channels=self.in_channels,
             out_channels=OUT_CHANNELS[kind],
             size_multiple=int(multiple),
+            time_window=int(resolved.get("time_window", 1)),
             defaults=dict(self.defaults),
             options=resolved,
+            output_crop=int(crop),
+            min_input_size=int(smallest or 0),
         )
 
 
@@ -163,6 +198,8 @@ class ModelRegistry:
         in_channels: int = 1,
         init_only: Iterable[str] = (),
         name: str | None = None,
+        output_crop: SizeMultiple = 0,
+        min_input_size: OptionalSize = None,
     ) -> Callable[..., nn.Module]:
         """Register `builder` under `name` (default: its function name); see `register_model`."""
         name = name or builder.__name__
@@ -176,7 +213,8 @@ class ModelRegistry:
         init = frozenset(init_only)
         if not init <= defaults.keys():
             raise TypeError(f"model {name!r}: init_only names unknown options {sorted(init - defaults.keys())}")
-        entry = _Entry(name, builder, target_kind, in_channels, size_multiple, defaults, init, base=name)
+        entry = _Entry(name, builder, target_kind, in_channels, size_multiple, defaults, init, base=name,
+                       output_crop=output_crop, min_input_size=min_input_size)
         entry.spec({})  # fail at import time if the defaults themselves are inconsistent
         self._entries[name] = entry
         return builder
@@ -196,6 +234,8 @@ class ModelRegistry:
             defaults,
             parent.init_only,
             base=parent.base,
+            output_crop=parent.output_crop,
+            min_input_size=parent.min_input_size,
         )
         entry.spec({})
         self._entries[name] = entry
@@ -220,11 +260,16 @@ class ModelRegistry:
         entry = self.entry(name)
         spec = entry.spec(options)
         model = entry.builder(**spec.options)
-        if getattr(model, "size_multiple", None) != spec.size_multiple:
-            raise RuntimeError(
-                f"model {name!r}: builder made size_multiple={getattr(model, 'size_multiple', None)}, "
-                f"registry declares {spec.size_multiple}"
-            )
+        made = {
+            "size_multiple": getattr(model, "size_multiple", None),
+            "output_crop": getattr(model, "output_crop", 0),
+            "min_input_size": getattr(model, "min_input_size", spec.size_multiple),
+        }
+        for attribute, value in made.items():
+            if value != getattr(spec, attribute):
+                raise RuntimeError(
+                    f"model {name!r}: builder made {attribute}={value}, registry declares {getattr(spec, attribute)}"
+                )
         model.spec = spec
         options_for_config = {k: (entry.defaults[k] if k in entry.init_only else v) for k, v in spec.options.items()}
         model.celltune_config = {
@@ -265,11 +310,13 @@ def register_model(
     in_channels: int = 1,
     init_only: Iterable[str] = (),
     name: str | None = None,
+    output_crop: SizeMultiple = 0,
+    min_input_size: OptionalSize = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder in the shared registry.
 
     The builder's keyword-only arguments and their defaults are the model's options; it must return a module
-    with a `size_multiple` attribute.
+    with a `size_multiple` attribute (and `output_crop` / `min_input_size` attributes when it declares them).
 
     Options reach the builder as plain values: tuples as lists, numpy scalars as Python numbers, paths as str.
 
@@ -279,6 +326,10 @@ def register_model(
         in_channels: input image channels.
         init_only: options that only affect initial weights (recorded at their default in `celltune_config`).
         name: registered name (default: the builder's function name).
+        output_crop: pixels per side the model's output is smaller than its input (unpadded convolutions), or a
+            function of the resolved options; 0 for "same"-padded models.
+        min_input_size: smallest valid input side when `output_crop > 0` (valid sides are `min_input_size + k *
+            size_multiple`), or a function of the options; None = `size_multiple`.
     """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -289,6 +340,8 @@ def register_model(
             in_channels=in_channels,
             init_only=init_only,
             name=name,
+            output_crop=output_crop,
+            min_input_size=min_input_size,
         )
 
     return decorate
@@ -317,7 +370,9 @@ def build_model(name: str, **options: Any) -> nn.Module:
     """Build registered model `name` with `options` over its defaults.
 
     The module returned maps (B, in_channels, H, W) images, H and W multiples of `model.size_multiple`, to
-    (B, out_channels, H, W) logits, and carries `model.spec` and `model.celltune_config` (module docstring).
+    (B, out_channels, H, W) logits (H - 2 * output_crop, W - 2 * output_crop for valid-convolution models, whose
+    input sides are `spec.min_input_size + k * size_multiple`), and carries `model.spec` and
+    `model.celltune_config` (module docstring).
 
     Raises:
         UserInputError: unknown name or option (with "did you mean"), or an invalid option value.

@@ -35,12 +35,14 @@ from celltune.trainables.data import (
     load_validation_frames,
 )
 from celltune.trainables.inference import activation_for, predict_probabilities
-from celltune.trainables.losses import build_loss, loss_spec
+from celltune.trainables.losses import build_loss, center_crop, loss_spec
 from celltune.trainables.lr_schedules import build_lr_schedule
-from celltune.trainables.metrics import pixel_iou, seg_counts
+from celltune.trainables.metrics import InstanceScores, seg_counts
+from celltune.trainables.optimizers import build_optimizer
 from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
-from celltune.trainables.registry import build_model, model_from_config
+from celltune.trainables.registry import ModelSpec, build_model, model_from_config
 from celltune.trainables.schemes import POOLED, micro_batches, optimizer_steps_per_epoch
+from celltune.trainables.temporal_inference import predict_window_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,31 @@ def steps_per_epoch_for(config: TrainConfig, frames_per_dataset: Mapping[str, in
     return optimizer_steps_per_epoch(config.training.scheme, len(names), minibatches)
 
 
+def loss_margin(pad: int | None, spec: ModelSpec) -> int:
+    """Pixels of context each side of the loss region, beyond what the model itself consumes (``output_crop``).
+
+    Same-padding models: ``data.pad``, default 8 (16 for size multiple 32). Valid-padding models see their context
+    through ``output_crop`` already; the margin is then the fewest pixels >= ``data.pad`` (default 0) that make
+    ``crop + 2 * (output_crop + margin)`` a valid input side for crops that are multiples of the size multiple
+    (2 px for the 5-stage U-Net: a 256 crop is read as a 444 px window giving a 260 px output).
+    """
+    if not spec.output_crop:
+        return pad if pad is not None else (16 if spec.size_multiple >= 32 else 8)
+    first = pad or 0
+    for margin in range(first, first + spec.size_multiple):
+        if (2 * (spec.output_crop + margin) - spec.min_input_size) % spec.size_multiple == 0:
+            return margin
+    raise ValueError(f"model {spec.name!r}: no margin makes a crop plus context a valid input size")
+
+
+def crop_to_output(batch: dict[str, torch.Tensor], output_crop: int) -> dict[str, torch.Tensor]:
+    """Center-crop every array but the image by ``output_crop`` px per side: targets and weight maps of a
+    valid-padding model, whose output is that much smaller than its input window."""
+    if not output_crop:
+        return batch
+    return {name: value if name == "image" else center_crop(value, output_crop) for name, value in batch.items()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -150,7 +177,7 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     model = build_model(config.model.name, **config.model.options)
     spec = model.spec
     kind = spec.target_kind
-    margin = config.data.pad if config.data.pad is not None else (16 if spec.size_multiple >= 32 else 8)
+    margin = loss_margin(config.data.pad, spec)  # the loss ignores this border of the model's output
     loss_fn = build_loss(config.loss.name, margin=margin, **config.loss.options)
     needs = loss_spec(config.loss.name)
     if needs.target_kind != kind:
@@ -164,18 +191,17 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
 
     # -- data: one endless stream per dataset (this rank's shard of frames), validation frames on rank 0
     streams = build_training_streams(
-        config.data, target_kind=kind, margin=margin, size_multiple=spec.size_multiple,
+        config.data, target_kind=kind, margin=spec.output_crop + margin, size_multiple=spec.size_multiple,
         rank=context.rank, world_size=context.world_size, seed=config.training.seed,
-        weights=needs.needs_weight, pooled=config.training.scheme == "mix",
+        weights=needs.needs_weight, pooled=config.training.scheme == "mix", time_window=spec.time_window,
     )
     names = config.data.dataset_names
-    validation: dict[str, list[ValidationFrame]] = load_validation_frames(config.data) if is_chief else {}
+    validation: dict[str, list[ValidationFrame]] = (
+        load_validation_frames(config.data, time_window=spec.time_window) if is_chief else {})
     steps_per_epoch = steps_per_epoch_for(config, streams.frames_per_dataset, context.world_size)
 
     # -- optimizer and schedule
-    opt = config.optimizer
-    optimizer = torch.optim.AdamW(unwrap(model).parameters(), lr=opt.lr, betas=opt.betas,
-                                  weight_decay=opt.weight_decay, amsgrad=opt.amsgrad)
+    optimizer = build_optimizer(config.optimizer, unwrap(model).parameters())
     sched = config.scheduler
     schedule = build_lr_schedule(optimizer, sched.name, epochs=config.training.epochs, eta_min=sched.eta_min,
                                  t0=sched.t0, t_mult=sched.t_mult, step_size=sched.step_size, gamma=sched.gamma)
@@ -203,7 +229,8 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
         for _ in range(steps_per_epoch):
             draws = micro_batches(config.training.scheme, step, n_datasets=len(names), seed=config.training.seed,
                                   steps_per_epoch=steps_per_epoch, epochs=config.training.epochs)
-            batches = [streams.next(POOLED if index == POOLED else names[index], device) for index in draws]
+            batches = [crop_to_output(streams.next(POOLED if index == POOLED else names[index], device),
+                                      spec.output_crop) for index in draws]
             step_terms = optimizer_step(model, loss_fn, batches, optimizer=optimizer, scaler=scaler,
                                         autocast_dtype=autocast_dtype, epoch=epoch if needs.needs_epoch else None)
             step += 1
@@ -280,7 +307,9 @@ def optimizer_step(model: nn.Module, loss_fn, batches: list[dict[str, torch.Tens
 def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], *, kind: str, size_multiple: int,
              postprocess_params: Mapping[str, Any], device: torch.device,
              autocast_dtype: torch.dtype | None = None) -> tuple[dict[str, float], dict[str, tuple]]:
-    """Predict every validation frame full-frame, post-process, and score CTC SEG and pixel IoU per dataset."""
+    """Predict every validation frame full-frame, post-process, and score per dataset: CTC SEG, pixel IoU
+    (mean over frames), instance precision and recall at IoU 0.5 (counts pooled over frames) and the adapted Rand
+    error (mean over frames with reference cells)."""
     params = {**DEFAULT_POSTPROCESS_PARAMS[kind], **postprocess_params}
     scores: dict[str, float] = {}
     examples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -288,21 +317,26 @@ def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], 
     for name, frames in validation.items():
         if not frames:
             continue
-        jaccard_sum, references, ious = 0.0, 0, []
+        jaccard_sum, references, instance = 0.0, 0, InstanceScores(thresholds=(0.5,))
         for index, frame in enumerate(frames):
-            probs = predict_probabilities(model, frame.image, size_multiple=size_multiple,
-                                          activation=activation_for(kind), device=device,
-                                          amp=autocast_dtype is not None)[0]
+            predict, images = ((predict_window_probabilities, frame.window) if frame.window is not None
+                               else (predict_probabilities, frame.image))  # time-window models get windows
+            probs = predict(model, images, size_multiple=size_multiple, activation=activation_for(kind),
+                            device=device, amp=autocast_dtype is not None)[0]
             predicted = postprocess(kind, probs, **params)
             part_sum, part_count = seg_counts(frame.labels, predicted)
             jaccard_sum += part_sum
             references += part_count
-            ious.append(pixel_iou(frame.labels, predicted))
+            instance.add(frame.labels, predicted)
             if index == 0:
                 examples[name] = (frame.raw, frame.labels, predicted)
         seg = jaccard_sum / references if references else 0.0
         scores[f"seg/{name}"] = seg
-        scores[f"iou/{name}"] = float(np.mean(ious))
+        scores[f"iou/{name}"] = float(instance.pixel_iou)
+        scores[f"precision@0.5/{name}"] = instance.counts(0.5).precision
+        scores[f"recall@0.5/{name}"] = instance.counts(0.5).recall
+        if instance.adapted_rand_error is not None:  # None: no validation frame of the dataset has a cell
+            scores[f"are/{name}"] = instance.adapted_rand_error
         seg_values.append(seg)
         iou_values.append(scores[f"iou/{name}"])
     scores["seg_mean"] = float(np.mean(seg_values)) if seg_values else 0.0

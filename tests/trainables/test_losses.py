@@ -52,7 +52,7 @@ def test_center_crop_rejects_bad_margin(margin: object) -> None:
 
 
 def test_registry_names_and_target_kinds() -> None:
-    assert list_losses() == ["ce", "ce_j", "edge_bce", "weight_map_ce"]
+    assert list_losses() == ["ce", "ce_j", "edge_bce", "freq_ce", "weight_map_ce"]
     assert loss_target_kind("ce") == "tertiary"
     assert loss_target_kind("ce_j") == "tertiary"
     assert loss_target_kind("edge_bce") == "mask_marker"
@@ -64,7 +64,7 @@ def test_registry_names_and_target_kinds() -> None:
 
 
 def test_unknown_loss_name_suggests_and_lists() -> None:
-    with pytest.raises(ValueError, match=r"did you mean 'ce_j'.*ce, ce_j, edge_bce, weight_map_ce"):
+    with pytest.raises(ValueError, match=r"did you mean 'ce_j'.*ce, ce_j, edge_bce, freq_ce, weight_map_ce"):
         build_loss("ce-j")
     with pytest.raises(UserInputError, match="unknown loss"):
         loss_target_kind("dice")

@@ -21,7 +21,7 @@ from celltune.trainables.registry import (
 
 
 def test_list_models_names_every_family_and_variant_sorted():
-    assert list_models() == ["u_se_resnet", "unet", "unet_xb", "xbnet"]
+    assert list_models() == ["convlstm_unet", "u_se_resnet", "unet", "unet_xb", "xbnet"]
 
 
 @pytest.mark.parametrize(
@@ -67,9 +67,9 @@ def test_variant_is_the_family_with_other_defaults():
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(ValueError, match=r"unknown model 'unett'; did you mean 'unet'.*available: u_se_resnet, unet"):
+    with pytest.raises(ValueError, match=r"unknown model 'unett'; did you mean 'unet'.*available: convlstm_unet, u_se_resnet, unet"):
         build_model("unett")
-    with pytest.raises(UserInputError, match=r"unknown model 'resnet'.*available: u_se_resnet, unet, unet_xb, xbnet\)"):
+    with pytest.raises(UserInputError, match=r"unknown model 'resnet'.*available: convlstm_unet, u_se_resnet, unet, unet_xb, xbnet\)"):
         model_spec("resnet")
 
 

@@ -8,6 +8,7 @@ epoch=None)`` and returns a :class:`LossOutput` (``total`` to back-propagate, ``
 from celltune.trainables.losses.base import TARGET_KINDS, LossOutput, SegmentationLoss, center_crop
 from celltune.trainables.losses.edge_bce import EdgeWeightedBCE, edge_power
 from celltune.trainables.losses.edge_weights import edge_distance_weights
+from celltune.trainables.losses.frequency_ce import FrequencyWeightedCrossEntropy, frequency_class_weights
 from celltune.trainables.losses.j_regularization import CrossEntropyJ, j_regularization_per_image
 from celltune.trainables.losses.registry import (
     LossSpec,
@@ -24,6 +25,7 @@ __all__ = [
     "TARGET_KINDS",
     "CrossEntropyJ",
     "EdgeWeightedBCE",
+    "FrequencyWeightedCrossEntropy",
     "LossOutput",
     "LossSpec",
     "SegmentationLoss",
@@ -33,6 +35,7 @@ __all__ = [
     "center_crop",
     "edge_distance_weights",
     "edge_power",
+    "frequency_class_weights",
     "j_regularization_per_image",
     "list_losses",
     "loss_spec",
