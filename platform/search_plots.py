@@ -29,8 +29,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from celltune.data_prep.errors import UserInputError
-from celltune.search_spaces.sampling import DefineByRun, encoded_choices
-from celltune.search_spaces.space import Parameter, ParameterSet, same_value
+from celltune.search_spaces.sampling import DefineByRun, encode_sample
+from celltune.search_spaces.space import ParameterSet
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -79,7 +79,7 @@ def study_from_trials(parameters: ParameterSet, trials: Sequence[tuple[Any, ...]
         study.set_metric_names([metric])
         for index, entry in enumerate(trials):
             sample, value, errored = _unpack(entry, f"trial {index}")
-            study.enqueue_trial(_encode_sample(parameters, sample, f"trial {index}"))
+            study.enqueue_trial(encode_sample(parameters, sample, f"trial {index}"))
             trial = study.ask()
             sample_of(trial)
             if value is not None and math.isfinite(value):
@@ -103,47 +103,6 @@ def _unpack(entry: Any, where: str) -> tuple[Mapping[str, Any], float | None, bo
     if not isinstance(errored, bool):
         raise UserInputError(f"{where}: errored={errored!r} must be true or false")
     return sample, None if value is None else float(value), errored
-
-
-def _encode_sample(parameters: ParameterSet, sample: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The sample as Optuna stores it (list choices as JSON strings), checked against the space."""
-    for key in sample:
-        if key not in parameters:
-            raise UserInputError(f"{where}: {key!r} is not a parameter of the space "
-                                 f"(parameters: {', '.join(parameters.keys())})")
-    encoded: dict[str, Any] = {}
-    for key, param in parameters:
-        active = parameters.is_active(key, sample)
-        if active and key not in sample:
-            raise UserInputError(f"{where}: {key} is missing (sampled when {_condition(param)})")
-        if not active and key in sample:
-            raise UserInputError(f"{where}: {key} is set but its condition {_condition(param)} does not hold")
-        if active:
-            encoded[key] = _encode_value(param, sample[key], f"{where}: {key}")
-    return encoded
-
-
-def _condition(param: Parameter) -> str:
-    return ", ".join(f"{k} in {list(v)}" for k, v in param.conditions().items()) or "always"
-
-
-def _encode_value(param: Parameter, value: Any, where: str) -> Any:
-    if param.choice is not None:
-        for choice, code in zip(param.choice, encoded_choices(param), strict=True):
-            if same_value(choice, value):
-                return code
-        raise UserInputError(f"{where}: {value!r} is not one of the choices {param.choice}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise UserInputError(f"{where}: {value!r} is not a finite number")
-    low, high = param.bounds
-    slack = 1e-9 * max(1.0, abs(low), abs(high))
-    if not low - slack <= value <= high + slack:
-        raise UserInputError(f"{where}: {value!r} lies outside [{low:g}, {high:g}]")
-    if param.kind == "int":
-        if value != int(value):
-            raise UserInputError(f"{where}: {value!r} is not a whole number")
-        return int(value)
-    return min(max(float(value), low), high)
 
 
 # ---------------------------------------------------------------------------------------------------------------

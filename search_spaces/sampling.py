@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from celltune.data_prep.errors import UserInputError
-from celltune.search_spaces.space import Parameter, ParameterSet, SearchSpace, describe_validation_error, is_scalar
+from celltune.search_spaces.space import (
+    Parameter,
+    ParameterSet,
+    SearchSpace,
+    describe_validation_error,
+    is_scalar,
+    same_value,
+)
 from celltune.trainables.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -146,6 +154,52 @@ def _draw(param: Parameter, rng: np.random.Generator) -> Any:
     if param.kind == "int":
         return int(rng.integers(int(low), int(high) + 1))
     return float(rng.uniform(low, high))
+
+
+def encode_sample(parameters: ParameterSet, sample: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The sample as Optuna stores it (list choices as JSON strings), checked against the space.
+
+    Raises:
+        UserInputError: a key that is not a parameter, a missing active or a set inactive parameter, a value
+            outside its choices or range (one line, starting with ``where``).
+    """
+    for key in sample:
+        if key not in parameters:
+            raise UserInputError(f"{where}: {key!r} is not a parameter of the space "
+                                 f"(parameters: {', '.join(parameters.keys())})")
+    encoded: dict[str, Any] = {}
+    for key, param in parameters:
+        active = parameters.is_active(key, sample)
+        if active and key not in sample:
+            raise UserInputError(f"{where}: {key} is missing (sampled when {_condition(param)})")
+        if not active and key in sample:
+            raise UserInputError(f"{where}: {key} is set but its condition {_condition(param)} does not hold")
+        if active:
+            encoded[key] = _encode_value(param, sample[key], f"{where}: {key}")
+    return encoded
+
+
+def _condition(param: Parameter) -> str:
+    return ", ".join(f"{k} in {list(v)}" for k, v in param.conditions().items()) or "always"
+
+
+def _encode_value(param: Parameter, value: Any, where: str) -> Any:
+    if param.choice is not None:
+        for choice, code in zip(param.choice, encoded_choices(param), strict=True):
+            if same_value(choice, value):
+                return code
+        raise UserInputError(f"{where}: {value!r} is not one of the choices {param.choice}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise UserInputError(f"{where}: {value!r} is not a finite number")
+    low, high = param.bounds
+    slack = 1e-9 * max(1.0, abs(low), abs(high))
+    if not low - slack <= value <= high + slack:
+        raise UserInputError(f"{where}: {value!r} lies outside [{low:g}, {high:g}]")
+    if param.kind == "int":
+        if value != int(value):
+            raise UserInputError(f"{where}: {value!r} is not a whole number")
+        return int(value)
+    return min(max(float(value), low), high)
 
 
 def apply_values(tree: Mapping[str, Any], values: Mapping[str, Any], *, source: str = "sampled config"

@@ -221,6 +221,8 @@ class SpaceFile(_Strict):
     trials: PositiveInt = 20
     early_stopping: EarlyStopping | None = EarlyStopping()
     parameters: dict[str, Parameter] = Field(min_length=1)
+    points: list[dict[str, Any]] = Field(default_factory=list,
+                                         description="samples the search evaluates first, e.g. one per architecture")
     postprocess: PostprocessStudyFile | None = None
 
     @model_validator(mode="after")
@@ -350,6 +352,7 @@ class SearchSpace:
         parameters: the tuned training parameters in sampling order.
         postprocess: the post-processing study, or None.
         target_kinds: the target kinds of the models the space can train.
+        points: samples (dotted key -> value) evaluated before the sampler's own, checked against the space.
     """
 
     name: str
@@ -362,6 +365,7 @@ class SearchSpace:
     parameters: ParameterSet
     postprocess: PostprocessStudy | None
     target_kinds: tuple[str, ...]
+    points: tuple[dict[str, Any], ...] = ()
 
     def base_config(self) -> TrainConfig:
         """The base training config, validated."""
@@ -444,6 +448,11 @@ def load_space(
         raise UserInputError(f"{source}: base config: {describe_validation_error(exc)}") from None
 
     kinds = _SpaceChecker(source, tree, parameters).run()
+    from celltune.search_spaces.sampling import apply_sample, encode_sample
+
+    for index, point in enumerate(spec.points):
+        encode_sample(parameters, point, f"{source}: points[{index}]")
+        apply_sample(tree, point, source=f"{source}: points[{index}]")
     if post is not None:
         _check_postprocess_study(source, post, kinds)
     space = SearchSpace(
@@ -457,6 +466,7 @@ def load_space(
         parameters=parameters,
         postprocess=post,
         target_kinds=kinds,
+        points=tuple(copy.deepcopy(point) for point in spec.points),
     )
     logger.debug("loaded search space %s (%d parameters) from %s", space.name, len(parameters), path)
     return space

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from celltune.data_prep.errors import UserInputError
-from celltune.search_spaces.sampling import apply_sample, define_by_run
+from celltune.search_spaces.sampling import apply_sample, define_by_run, encode_sample
 from celltune.search_spaces.space import SearchSpace
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.train_loop import TrainingObserver
@@ -192,8 +192,10 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
         # multivariate + group model the joint, conditional space; constant_liar spreads concurrent trials.
         sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup, multivariate=True,
                                              group=True, constant_liar=True)
+    points = [encode_sample(space.parameters, point, f"{space.source}: points[{index}]")
+              for index, point in enumerate(space.points)]
     searcher = OptunaSearch(space=define_by_run(space), metric=objective.metric, mode=objective.mode,
-                            sampler=sampler)
+                            sampler=sampler, points_to_evaluate=points or None)
     concurrency = settings.max_concurrent or concurrency_for(trial_footprint(base), ray.cluster_resources(),
                                                              settings.trials)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)

@@ -71,7 +71,7 @@ def test_shipped_spaces_say_what_the_issue_asks():
     assert {k.removeprefix("model.options.") for k in modules.parameters.keys()} == {
         "norm", "aspp", "up", "down", "stages"}
     arch = load_space("architectures")
-    assert arch.parameters["model.name"].choice == ["unet", "xbnet", "u_se_resnet"]
+    assert arch.parameters["model.name"].choice == ["unet", "unet_xb", "xbnet", "u_se_resnet", "convlstm_unet"]
     assert arch.target_kinds == ("mask_marker", "tertiary")
     demo = load_space("demo").base_config()
     assert demo.training.epochs <= 4 and demo.training.eval_every == 1 and demo.model.options["width"] == 8
