@@ -38,8 +38,8 @@ def load_error(path: Path) -> str:
 # --- shipped spaces ------------------------------------------------------------------------------------------------
 
 
-def test_shipped_spaces_are_the_four_package_data_files():
-    assert set(shipped_spaces()) == {"xbnet_training", "unet_modules", "architectures", "demo"}
+def test_shipped_spaces_are_the_package_data_files():
+    assert set(shipped_spaces()) == {"xbnet_training", "unet_modules", "architectures", "binary_baseline", "demo"}
     for name, path in shipped_spaces().items():
         assert path.parent.name == "search_spaces" and path.name == f"{name}.yaml"
 
