@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from celltune.data_prep.errors import UserInputError
-from celltune.platform import cli_data, cli_evaluate, cli_models, cli_search, cli_train, demo
+from celltune.platform import cli_data, cli_evaluate, cli_models, cli_predict, cli_search, cli_train, demo
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_data.add_parser(commands)
     cli_train.add_parser(commands)
     cli_search.add_parser(commands)
+    cli_predict.add_parser(commands)
     cli_evaluate.add_parser(commands)
     cli_models.add_parser(commands)
     return parser

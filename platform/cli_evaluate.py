@@ -1,17 +1,30 @@
 """`celltune evaluate`: score CTC result folders (SEG, DET, TRA, OP_CSB, OP_CTB) with py-ctcmetrics.
 
-The handler only parses arguments and calls :func:`celltune.platform.evaluate.evaluate_results`.
+``--res DIR --gt DIR`` scores existing results (:func:`celltune.platform.evaluate.evaluate_results`);
+``--model URI --data DS`` first predicts every sequence of a CTC dataset folder with the model
+(:func:`evaluate_model`) and, for a registered model, logs the scores to the run that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+from celltune.platform.cli_predict import add_model_options
+
+logger = logging.getLogger(__name__)
 
 _LAYOUT = """\
 layouts:
   one sequence:  --res DS/01_RES --gt DS/01_GT   (or --gt DS)
   a dataset:     --res DIR_WITH_NN_RES --gt DIR_WITH_NN_GT  (every NN_RES is scored against NN_GT)
+  a model:       --model URI --data DS [--out DIR]  (predicts DS/NN for every DS/NN_GT/TRA, then scores;
+                 a registered model's run gets metrics eval/<DS>/<NN>/<MEASURE> and evaluation/<DS>.txt)
 """
 
 
@@ -20,13 +33,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "evaluate", help="score CTC result folders against the ground truth (SEG, DET, TRA, OP_CSB, OP_CTB)",
         epilog=_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--res", type=Path, required=True, help="a NN_RES folder or a folder of NN_RES folders")
-    parser.add_argument("--gt", type=Path, required=True, help="a NN_GT folder or a folder of NN_GT folders")
+    parser.add_argument("--res", type=Path, default=None, help="a NN_RES folder or a folder of NN_RES folders")
+    parser.add_argument("--gt", type=Path, default=None, help="a NN_GT folder or a folder of NN_GT folders")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the scores to OUT")
     parser.add_argument("--no-seg", action="store_true", help="skip SEG (and OP_CSB, OP_CTB)")
     parser.add_argument("--threads", type=int, default=0,
                         help="processes for py-ctcmetrics' mask matching (default 0: one per CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    model = parser.add_argument_group("predict, then score (instead of --res/--gt)")
+    model.add_argument("--model", default=None, metavar="URI",
+                       help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    model.add_argument("--data", type=Path, default=None, metavar="DS",
+                       help="a CTC dataset folder (NN/ with tNNN.tif and NN_GT/TRA)")
+    model.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="keep the predicted NN_RES folders here (default: a temporary folder)")
+    add_model_options(model, progress=False)  # --no-progress is the command's own
     parser.set_defaults(handler=_evaluate)
 
 
@@ -36,6 +57,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.threads < 0:
         raise UserInputError(f"--threads {args.threads}: must be >= 0")
+    if args.model is not None or args.data is not None:
+        return _evaluate_model(args)
+    if args.res is None or args.gt is None:
+        raise UserInputError("give --res DIR --gt DIR to score results, or --model URI --data DS to predict and score")
     table = evaluate_results(args.res, args.gt, seg=False if args.no_seg else None, threads=args.threads,
                              show_progress=not args.no_progress)
     print(table.format())
@@ -43,3 +68,155 @@ def _evaluate(args: argparse.Namespace) -> int:
         table.write_json(args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
+    from celltune.data_prep.errors import UserInputError
+    from celltune.platform.cli_predict import prediction_options, split_overrides
+    from celltune.platform.model_registry import load_model
+    from celltune.platform.predict import check_output
+    from celltune.platform.tracking import default_tracking_uri
+
+    if args.model is None or args.data is None:
+        raise UserInputError("--model and --data go together (predict DS with the model, then score it)")
+    if args.res is not None or args.gt is not None:
+        raise UserInputError("--res/--gt score existing results; leave them out with --model/--data")
+    if args.out is not None:
+        check_output(args.out, args.overwrite)
+    overrides, tracking = split_overrides(args.overrides)
+    options = prediction_options(args, tracking)
+    sources = dataset_sequences(args.data)  # bad data fails before the model loads
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    loaded = load_model(args.model, tracking_uri)
+    table, summaries = evaluate_model(
+        loaded, args.data, out=args.out, dataset=args.dataset, overrides=overrides, options=options,
+        address=args.address, use_ray=False if args.no_ray else None, overwrite=args.overwrite,
+        seg=False if args.no_seg else None, threads=args.threads, show_progress=not args.no_progress,
+        sources=sources,
+    )
+    for summary in summaries:
+        print(summary.line(folder=args.out is not None))
+    print(table.format())
+    if loaded.ref.run_id is not None:
+        log_evaluation(table, args.dataset or args.data.resolve().name, run_id=loaded.ref.run_id,
+                       tracking_uri=tracking_uri)
+        print(f"logged to MLflow run {loaded.ref.run_id} ({loaded.ref.name} version {loaded.ref.version})")
+    if args.json is not None:
+        table.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def dataset_sequences(data: Path) -> list:
+    """The sequences of CTC dataset folder ``data`` that can be scored: ``NN/`` frames with ``NN_GT/TRA``.
+
+    Raises:
+        UserInputError: no such folder, no sequence folders, or none with GT tracking markers.
+    """
+    from celltune.data_prep.errors import UserInputError
+    from celltune.platform.predict import find_sequences
+
+    data = Path(data)
+    if not data.is_dir():
+        raise UserInputError(f"{data}: dataset folder not found")
+    sources, collection = find_sequences(data)
+    if not collection or any(s.kind != "ctc" for s in sources):
+        raise UserInputError(f"{data}: not a CTC dataset folder (expected NN/tNNN.tif and NN_GT/TRA)")
+    scored = [s for s in sources if (data / f"{s.name}_GT" / "TRA").is_dir()]
+    skipped = sorted(s.name for s in sources if s not in scored)
+    if not scored:
+        raise UserInputError(f"{data}: no sequence has ground truth to score against (no NN_GT/TRA folder for "
+                             f"{', '.join(skipped)})")
+    if skipped:
+        logger.warning("%s: no GT for sequence(s) %s; not predicted", data, ", ".join(skipped))
+    return scored
+
+
+def evaluate_model(
+    loaded,
+    data: Path,
+    *,
+    out: Path | None = None,
+    dataset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    options=None,
+    address: str | None = None,
+    use_ray: bool | None = None,
+    overwrite: bool = False,
+    seg: bool | None = None,
+    threads: int = 1,
+    show_progress: bool = False,
+    sources: list | None = None,
+    on_sequence: Callable | None = None,
+):
+    """Predict every scorable sequence of CTC dataset ``data`` with ``loaded`` and score it against the GT.
+
+    Args:
+        loaded: a ``LoadedModel`` (``model_registry.load_model``).
+        data: CTC dataset folder; ``NN/`` is predicted when ``NN_GT/TRA`` exists.
+        out: keep the ``NN_RES`` folders here (default: a temporary folder, removed afterwards).
+        dataset: whose tuned thresholds to use (default: the folder name of ``data``).
+        overrides: thresholds set by hand over the model's.
+        options: ``PredictOptions`` (device, tiling, tracking).
+        address, use_ray: as in :func:`celltune.platform.predict.predict_to_folder`.
+        overwrite: replace a non-empty ``out``.
+        seg, threads, show_progress: as in :func:`celltune.platform.evaluate.evaluate_results`.
+        sources: the sequences, when already found by :func:`dataset_sequences`.
+        on_sequence: called with each sequence's prediction summary.
+
+    Returns:
+        ``(EvaluationTable, [SequenceSummary, ...])``.
+
+    Raises:
+        UserInputError: see :func:`dataset_sequences`, ``predict_to_folder`` and ``evaluate_results``.
+    """
+    from celltune.platform.cli_predict import thresholds
+    from celltune.platform.evaluate import evaluate_results
+    from celltune.platform.predict import PredictOptions, predict_to_folder
+
+    data = Path(data)
+    sources = dataset_sequences(data) if sources is None else sources
+    name = dataset or data.resolve().name
+    params = thresholds(loaded, name if dataset is not None or _tuned(loaded, name) else None, overrides or {})
+    scratch = None
+    if out is None:
+        scratch = Path(tempfile.mkdtemp(prefix="celltune-evaluate-"))
+        out = scratch / "results"
+    try:
+        summaries = predict_to_folder(
+            loaded.model, loaded.description, params, data, out, options or PredictOptions(), sources=sources,
+            collection=True, use_ray=use_ray, address=address, overwrite=overwrite, model_uri=loaded.ref.uri,
+            show_progress=show_progress, on_sequence=on_sequence,
+        )
+        table = evaluate_results(out, data, seg=seg, threads=threads, show_progress=show_progress)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return table, summaries
+
+
+def _tuned(loaded, dataset: str) -> bool:
+    return dataset in (loaded.description.get("postprocess_per_dataset") or {})
+
+
+def log_evaluation(table, dataset: str, *, run_id: str, tracking_uri: str) -> None:
+    """Log per-sequence measures as ``eval/<dataset>/<seq>/<MEASURE>`` (and ``.../mean/...`` over sequences)
+    and the printed table as ``evaluation/<dataset>.txt`` into MLflow run ``run_id``."""
+    from celltune.platform.evaluate import MEASURES
+    from celltune.platform.tracking import RunLogger
+
+    metrics: dict[str, float] = {}
+    for row in table.rows:
+        for measure in MEASURES:
+            value = row.measure(measure)
+            if value is not None:
+                metrics[f"eval/{dataset}/{row.name}/{measure}"] = value
+    for measure, value in table.mean().items():
+        if value is not None and len(table.rows) > 1:
+            metrics[f"eval/{dataset}/mean/{measure}"] = value
+    run = RunLogger(tracking_uri=tracking_uri, run_id=run_id)
+    run.log_metrics(metrics, step=0)  # RunLogger maps names MLflow rejects (SIM+ -> SIMplus)
+    with tempfile.TemporaryDirectory(prefix="celltune-evaluation-") as scratch:
+        path = Path(scratch) / f"{dataset}.txt"
+        path.write_text(table.format() + "\n", encoding="utf-8")
+        run.log_artifact(path, "evaluation")
