@@ -343,11 +343,16 @@ def _postprocess_check(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
-def _check_single_frame(model) -> None:
-    """Models fed windows of consecutive frames (``spec.time_window > 1``) need whole-sequence inference."""
-    window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
-    if window > 1:
-        raise UserInputError(f"the model sees windows of {window} frames; prediction runs single-frame models only")
+def time_window_of(model) -> int:
+    """Frames per input window: 1 for single-frame models, T for temporal ones (``spec.time_window``)."""
+    return int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
+
+
+def _check_time_window(model, ndim: int, where: str) -> None:
+    """Temporal models slide over 2D sequences; their windows of 3D volumes are not defined."""
+    if time_window_of(model) > 1 and ndim != 2:
+        raise UserInputError(f"{where}: the model sees windows of {time_window_of(model)} 2D frames; "
+                             f"this sequence has {ndim}D frames")
 
 
 def _tracking_check(params: Mapping[str, Any], ndim: int) -> dict[str, Any]:
@@ -438,6 +443,7 @@ def iter_predict_sequence(
     from celltune.trainables.data import normalize
     from celltune.trainables.inference import activation_for, predict_probabilities
     from celltune.trainables.postprocess import postprocess
+    from celltune.trainables.temporal_inference import predict_sequence_probabilities
 
     started = time.perf_counter()
     kind = description["model"]["target_kind"]
@@ -447,7 +453,8 @@ def iter_predict_sequence(
         raise UserInputError(f"model description: normalization={method!r}; expected one of "
                              f"{', '.join(NORMALIZATIONS)}")
     params = _postprocess_check(kind, postprocess_params)
-    _check_single_frame(model)
+    time_window = time_window_of(model)
+    previous: np.ndarray | None = None  # the frames before this batch, for temporal models' windows
     activation = activation_for(kind)
     timings = {"read": 0.0, "inference": 0.0, "postprocess": 0.0, "tracking": 0.0}
 
@@ -481,11 +488,19 @@ def iter_predict_sequence(
         raw = [cache.pop(t) if t in cache else frames.read(t) for t in range(first, last)]
         if tracking is None:
             check_model_fits(description, raw[0].ndim, source.where)
+            _check_time_window(model, raw[0].ndim, source.where)
             tracking = _tracking_check(options.tracking, raw[0].ndim) if options.track else {}
         images = [normalize(frame, stats, method) for frame in raw]
         timings["read"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        if raw[0].ndim == 2:
+        if time_window > 1:  # every frame from its sliding window, carried across batches
+            batch = np.stack(images)
+            probs = list(predict_sequence_probabilities(
+                model, batch, time_window=time_window, previous=previous, size_multiple=size_multiple,
+                activation=activation, device=options.device, amp=options.amp, batch_size=options.batch_size,
+                max_tile=options.max_tile))
+            previous = (batch if previous is None else np.concatenate([previous, batch]))[-(time_window - 1):]
+        elif raw[0].ndim == 2:
             probs = list(predict_probabilities(model, np.stack(images), size_multiple=size_multiple,
                                                activation=activation, device=options.device, amp=options.amp,
                                                batch_size=options.batch_size, max_tile=options.max_tile))
@@ -703,10 +718,10 @@ def predict_to_folder(
     if not collection and len(sources) != 1:
         raise ValueError("a single-sequence layout needs exactly one source")
     resolve_device(options.device)
-    _check_single_frame(model)
     probes = {s.name: probe_sequence(s) for s in sources}
     for source in sources:  # everything checkable before any inference
         check_model_fits(description, probes[source.name].ndim, source.where, model_uri)
+        _check_time_window(model, probes[source.name].ndim, source.where)
         if options.track:
             _tracking_check(options.tracking, probes[source.name].ndim)
     _postprocess_check(description["model"]["target_kind"], postprocess_params)
