@@ -40,6 +40,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="processes for py-ctcmetrics' mask matching (default 0: one per CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                        help="also draw the instance precision/recall-vs-IoU curve as DIR/precision_recall.png")
     model = parser.add_argument_group("predict, then score (instead of --res/--gt)")
     model.add_argument("--model", default=None, metavar="URI",
                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
@@ -64,6 +66,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     table = evaluate_results(args.res, args.gt, seg=False if args.no_seg else None, threads=args.threads,
                              show_progress=not args.no_progress)
     print(table.format())
+    _plot(table, args.plots)
     if args.json is not None:
         table.write_json(args.json)
         print(f"wrote {args.json}")
@@ -97,6 +100,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     for summary in summaries:
         print(summary.line(folder=args.out is not None))
     print(table.format())
+    _plot(table, args.plots)
     if loaded.ref.run_id is not None:
         log_evaluation(table, args.dataset or args.data.resolve().name, run_id=loaded.ref.run_id,
                        tracking_uri=tracking_uri)
@@ -105,6 +109,13 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         table.write_json(args.json)
         print(f"wrote {args.json}")
     return 0
+
+
+def _plot(table, folder: Path | None) -> None:
+    from celltune.platform.evaluate import write_precision_recall_curve
+
+    if folder is not None and (path := write_precision_recall_curve(table, folder / "precision_recall.png")):
+        print(f"wrote {path}")
 
 
 def dataset_sequences(data: Path) -> list:
@@ -202,7 +213,7 @@ def _tuned(loaded, dataset: str) -> bool:
 def log_evaluation(table, dataset: str, *, run_id: str, tracking_uri: str) -> None:
     """Log per-sequence measures as ``eval/<dataset>/<seq>/<MEASURE>`` (and ``.../mean/...`` over sequences)
     and the printed table as ``evaluation/<dataset>.txt`` into MLflow run ``run_id``."""
-    from celltune.platform.evaluate import MEASURES
+    from celltune.platform.evaluate import MEASURES, write_precision_recall_curve
     from celltune.platform.tracking import RunLogger
 
     metrics: dict[str, float] = {}
@@ -214,9 +225,14 @@ def log_evaluation(table, dataset: str, *, run_id: str, tracking_uri: str) -> No
     for measure, value in table.mean().items():
         if value is not None and len(table.rows) > 1:
             metrics[f"eval/{dataset}/mean/{measure}"] = value
+    metrics.update({f"eval/{dataset}/{key}": value for key, value in table.instance_metrics().items()})
     run = RunLogger(tracking_uri=tracking_uri, run_id=run_id)
     run.log_metrics(metrics, step=0)  # RunLogger maps names MLflow rejects (SIM+ -> SIMplus)
     with tempfile.TemporaryDirectory(prefix="celltune-evaluation-") as scratch:
         path = Path(scratch) / f"{dataset}.txt"
         path.write_text(table.format() + "\n", encoding="utf-8")
         run.log_artifact(path, "evaluation")
+        curve = write_precision_recall_curve(table, Path(scratch) / f"{dataset}_precision_recall.png",
+                                             title=f"{dataset}: instance precision and recall")
+        if curve is not None:
+            run.log_artifact(curve, "evaluation")
