@@ -1,13 +1,16 @@
 """The main job on embedded defaults: generate sample data, prepare it, train on it, and say where to look.
 
 Everything lands in one working folder (default ``./celltune-demo``): the CTC-layout sample data, the stores,
-Ray's run folders and the MLflow SQLite database, so a user can look at it, rerun it (data prep is
-incremental) or delete it. Later stages (search, registry, prediction) extend this job.
+Ray's search folders and the MLflow SQLite database, so a user can look at it, rerun it (data prep is
+incremental, every search gets a new name) or delete it. The job: generate two datasets and a held-out
+sequence, prepare the stores, search the shipped ``demo`` space on local Ray, register the best model as
+``celltune-demo@candidate``, then predict the held-out sequence with it and score the result.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +42,21 @@ class DemoPaths:
         return self.root / "runs"
 
     @property
+    def holdout(self) -> Path:
+        """A sequence no trial has seen: ``holdout/<dataset>/01`` with its ``01_GT``."""
+        return self.root / "holdout"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
 
-DEMO_TRAIN_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_train.yaml"
+DEMO_MODEL = "celltune-demo"
+HOLDOUT_SEED = 101
 
 
 def run_demo(workdir: Path, address: str | None = None, show_progress: bool = True) -> DemoPaths:
@@ -56,6 +69,9 @@ def run_demo(workdir: Path, address: str | None = None, show_progress: bool = Tr
     for fields in DEMO_DATASETS:
         if not (paths.ctc / fields["name"]).exists():
             generate_dataset(paths.ctc, SynthSpec(**fields))
+    holdout = {**DEMO_DATASETS[0], "sequences": 1, "seed": HOLDOUT_SEED}
+    if not (paths.holdout / holdout["name"]).exists():
+        generate_dataset(paths.holdout, SynthSpec(**holdout))
     prep_datasets(
         paths.ctc, paths.stores, datasets=[f["name"] for f in DEMO_DATASETS], address=address,
         show_progress=show_progress,
@@ -72,26 +88,55 @@ def add_parser(commands) -> None:
     demo.set_defaults(handler=_demo)
 
 
-def train_demo(paths: DemoPaths, address: str | None = None):
-    """Universal training of the demo config on the demo stores, tracked in the demo's MLflow database."""
-    from celltune.platform.config_io import load_config
-    from celltune.platform.train_run import run_training
-    from celltune.trainables.config import TrainConfig
+def search_demo(paths: DemoPaths, address: str | None = None, show_progress: bool = True):
+    """The shipped ``demo`` space on the demo stores; the best model becomes ``celltune-demo@candidate``."""
+    from celltune.platform.search_run import run_search
+    from celltune.search_spaces.space import load_space
 
-    config = load_config(TrainConfig, DEMO_TRAIN_CONFIG)
-    stores = [paths.stores / Path(store).name for store in config.data.stores]
-    config = config.model_copy(update={"data": config.data.model_copy(update={"stores": stores})})
-    return run_training(config, storage_path=paths.runs, tracking_uri=paths.tracking_uri, address=address)
+    space = load_space("demo", stores_dir=paths.stores)
+    return run_search(space, storage=str(paths.runs), name=time.strftime("demo-%Y%m%d-%H%M%S"),
+                      tracking_uri=paths.tracking_uri, address=address, register_as=DEMO_MODEL,
+                      show_progress=show_progress)
+
+
+def score_holdout(paths: DemoPaths, result, address: str | None = None, show_progress: bool = True):
+    """Predict the held-out sequence with the registered model, score it, log the scores to its version."""
+    from celltune.platform.cli_evaluate import evaluate_model, log_evaluation
+    from celltune.platform.model_registry import load_model
+    from celltune.platform.predict import PredictOptions
+
+    loaded = load_model(f"models:/{result.registered_name}/{result.registered_version}", paths.tracking_uri)
+    dataset = DEMO_DATASETS[0]["name"]
+    out = paths.predictions / result.name
+    table, _ = evaluate_model(loaded, paths.holdout / dataset, out=out, dataset=dataset, options=PredictOptions(),
+                              address=address, show_progress=show_progress)
+    log_evaluation(table, f"{dataset}-holdout", run_id=loaded.ref.run_id, tracking_uri=paths.tracking_uri)
+    return table, out
 
 
 def _demo(args) -> int:
     from celltune.data_prep.info import describe_stores
+    from celltune.platform.cli_search import summary
 
+    started = time.monotonic()
     paths = run_demo(args.workdir, address=args.address, show_progress=not args.no_progress)
     print(describe_stores(paths.stores))
-    result = train_demo(paths, address=args.address)
-    scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.metrics.items()) if k.startswith("best/seg"))
-    print(f"\ntrained {result.name}: {scores}")
-    print(f"\nsample data: {paths.ctc}\nstores:      {paths.stores}\ncheckpoint:  {result.checkpoint_dir}")
-    print(f"look at the runs: mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1")
+    result = search_demo(paths, address=args.address, show_progress=not args.no_progress)
+    print("\n" + summary(result))
+    if result.registered_version is None:
+        print("no trial produced a checkpoint, so nothing was registered")
+        return 1
+    table, predictions = score_holdout(paths, result, address=args.address, show_progress=not args.no_progress)
+    model = f"models:/{result.registered_name}/{result.registered_version}"
+    print(f"\nheld-out sequence {paths.holdout / DEMO_DATASETS[0]['name'] / '01'} predicted with {model}:")
+    print(table.format())
+    print(f"\nsample data: {paths.ctc}\nstores:      {paths.stores}\nsearches:    {paths.runs}\n"
+          f"predictions: {predictions}  (CTC result format: maskNNN.tif + res_track.txt)")
+    print(f"finished in {time.monotonic() - started:.0f} s\n\nnext:")
+    uri = paths.tracking_uri
+    print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1        # runs, curves, overlays, registry")
+    print(f"  celltune models show {result.registered_name} --tracking-uri {uri}")
+    print(f"  celltune models promote {result.registered_name} {result.registered_version} --tracking-uri {uri}")
+    print(f"  celltune predict --model models:/{result.registered_name}@champion --input YOUR_SEQUENCE "
+          f"--out results --tracking-uri {uri}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -10,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -36,14 +39,24 @@ def _search_args(stores: Path, storage: Path, uri: str, name: str, *extra: str) 
             "--name", name, "--register-as", "demo-model", *extra]
 
 
-def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_registers_a_loadable_candidate(
-        tmp_path, demo_stores, ray_session, capsys):
-    """One search does it all (each demo search costs minutes): killed mid-way, resumed, then checked."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    storage = tmp_path / "searches"
+@dataclass(frozen=True)
+class FinishedSearch:
+    root: Path
+    uri: str
+    storage: Path
+    finished_before_kill: dict[str, int]
+    resume_output: str
+
+
+@pytest.fixture(scope="module")
+def demo_search(tmp_path_factory, demo_stores, ray_session) -> FinishedSearch:
+    """One demo search (each costs minutes) for the whole module: killed mid-way by the driver, then resumed."""
+    root = tmp_path_factory.mktemp("search")
+    uri = f"sqlite:///{root}/mlflow.db"
+    storage = root / "searches"
     args = _search_args(demo_stores, storage, uri, "e2e", "--max-concurrent", "1")
     env = {**os.environ, "RAY_ADDRESS": ""}
-    process = subprocess.Popen([sys.executable, "-m", "celltune.platform", *args], env=env, cwd=tmp_path,
+    process = subprocess.Popen([sys.executable, "-m", "celltune.platform", *args], env=env, cwd=root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -57,13 +70,18 @@ def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_regis
         process.wait()
     finished = {folder.name: len(_results(folder)) for folder in _trial_folders(storage / "e2e")
                 if _results(folder) and _results(folder)[-1].get("done")}
-    assert finished, "no trial had finished when the search was killed"
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = main([*args, "--resume"])
+    assert code == 0, output.getvalue()
+    return FinishedSearch(root, uri, storage, finished, output.getvalue())
 
-    capsys.readouterr()
-    code = main([*args, "--resume"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "registered models:/demo-model/1" in out
+
+def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_registers_a_loadable_candidate(
+        demo_search, tmp_path):
+    uri, storage, finished = demo_search.uri, demo_search.storage, demo_search.finished_before_kill
+    assert finished, "no trial had finished when the search was killed"
+    assert "registered models:/demo-model/1" in demo_search.resume_output
     assert len(_trial_folders(storage / "e2e")) == 4
     for name, lines in finished.items():
         assert len(_results(storage / "e2e" / name)) == lines, f"finished trial {name} ran again"
@@ -145,3 +163,45 @@ def test_a_killed_trial_worker_restarts_from_its_checkpoint(tmp_path, demo_store
             pids = {int(r["pid"]) for r in results}
             assert len(pids) == 2, "the killed trial did not continue in a new process"
             assert epochs[-1] == 4 and epochs[0] == 1, epochs
+
+
+def test_promote_predict_and_evaluate_a_held_out_sequence_with_the_searched_model(demo_search, tmp_path, capsys):
+    """Issue 6's path after a search: promote the candidate, predict a sequence no trial saw, score it."""
+    from celltune.data_prep.synth import SynthSpec, generate_dataset
+    from celltune.platform.ctc_results import read_ctc_result
+    from celltune.platform.demo import DEMO_DATASETS, HOLDOUT_SEED
+    from celltune.platform.evaluate import evaluate_results
+
+    uri = demo_search.uri
+    holdout = {**DEMO_DATASETS[0], "sequences": 1, "seed": HOLDOUT_SEED}
+    generate_dataset(tmp_path / "holdout", SynthSpec(**holdout))
+    dataset = tmp_path / "holdout" / holdout["name"]
+
+    assert main(["models", "promote", "demo-model", "1", "--reason", "best of the demo search",
+                 "--tracking-uri", uri]) == 0
+    version = mlflow.MlflowClient(uri).get_model_version_by_alias("demo-model", "champion")
+    assert str(version.version) == "1"
+    assert version.tags["celltune.promoted.champion.reason"] == "best of the demo search"
+
+    out = tmp_path / "01_RES"
+    assert main(["predict", "--model", "models:/demo-model@champion", "--input", str(dataset / "01"),
+                 "--out", str(out), "--dataset", holdout["name"], "--tracking-uri", uri, "--no-progress"]) == 0
+    assert sorted(p.name for p in out.glob("mask*.tif")) == [f"mask{t:03d}.tif" for t in range(holdout["frames"])]
+    result = read_ctc_result(out)  # raises on an invalid folder (labels vs. res_track.txt)
+    assert len(result.masks) == holdout["frames"] and result.tracks.shape[1] == 4
+    capsys.readouterr()
+
+    # `evaluate` runs py-ctcmetrics' validity checks on the folder (an invalid result is an error, exit 2).
+    assert main(["evaluate", "--res", str(out), "--gt", str(dataset / "01_GT"), "--no-progress"]) == 0
+    print(capsys.readouterr().out)  # the numbers, in the test log
+    (row,) = evaluate_results(out, dataset / "01_GT").rows
+    scores = {measure: row.measure(measure) for measure in ("SEG", "DET", "TRA")}
+    assert all(0.0 <= value <= 1.0 for value in scores.values()), scores
+    assert scores["SEG"] > 0.3 and scores["DET"] > 0.5, f"the searched model on the held-out sequence: {scores}"
+
+    assert main(["evaluate", "--model", "models:/demo-model@champion", "--data", str(dataset),
+                 "--tracking-uri", uri, "--no-progress"]) == 0
+    logged = mlflow.MlflowClient(uri).get_run(version.run_id).data.metrics
+    assert any(key.startswith(f"eval/{holdout['name']}/01/SEG") for key in logged), sorted(logged)[:20]
+    assert main(["models", "show", "demo-model@champion", "--tracking-uri", uri]) == 0
+    assert "SEG" in capsys.readouterr().out
