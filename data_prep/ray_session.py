@@ -7,6 +7,8 @@ import os
 
 logger = logging.getLogger(__name__)
 
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to the Ray cluster at ``address`` or start a local one bound to 127.0.0.1.
@@ -22,9 +24,25 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
-    )
+    # On Linux Ray replaces 127.0.0.1 by the machine's address and listens on every interface; its single-node
+    # mode (the Windows/macOS default) keeps every listener on loopback. Set for the processes ray.init starts
+    # only, so a later `ray start` of the user's (or a test's) cluster is not affected.
+    from ray._private import ray_constants
+
+    previous_env = os.environ.get(LOCAL_ONLY_ENV)
+    previous_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous_flag
+        if previous_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = previous_env

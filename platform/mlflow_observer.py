@@ -20,23 +20,27 @@ CURVE_KEYS = ("loss/total", "epoch_loss/total", "seg_mean")
 
 @dataclass
 class MlflowObserver:
+    """``log_config=False`` when someone else (the search driver) logs the run's params and config."""
+
     run_logger: RunLogger
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    log_config: bool = True
 
     def on_start(self, config, model_config: Mapping[str, Any]) -> None:
         resolved = config.model_dump(mode="json")
         client = self.run_logger.client()
-        if client.get_run(self.run_logger.run_id).data.params:
-            # A resumed run keeps the params it started with; pick up its curves so the picture stays whole.
-            for key in client.get_run(self.run_logger.run_id).data.metrics:
-                if key in CURVE_KEYS or key.startswith("seg/"):
-                    history = client.get_metric_history(self.run_logger.run_id, key)
-                    self.history[key] = [(m.step, m.value) for m in history]
-            return
-        self.run_logger.log_params(flatten_params(resolved))
-        self.run_logger.log_dict(resolved, "config/train_config.yaml")
-        self.run_logger.log_dict(dict(model_config), "config/model.json")
-        self.run_logger.set_tags({f"env.{k}": v for k, v in environment_info().items()})
+        run = client.get_run(self.run_logger.run_id)
+        # A resumed run keeps its params; pick up its curves so the picture stays whole.
+        for key in run.data.metrics:
+            if key in CURVE_KEYS or key.startswith("seg/"):
+                history = client.get_metric_history(self.run_logger.run_id, key)
+                self.history[key] = [(m.step, m.value) for m in history]
+        if self.log_config and not run.data.params:
+            self.run_logger.log_params(flatten_params(resolved))
+            self.run_logger.log_dict(resolved, "config/train_config.yaml")
+        if "env.python" not in run.data.tags:  # first start of this run
+            self.run_logger.log_dict(dict(model_config), "config/model.json")
+            self.run_logger.set_tags({f"env.{k}": v for k, v in environment_info().items()})
 
     def on_steps(self, records: list[tuple[int, dict[str, float]]]) -> None:
         for step, metrics in records:

@@ -48,6 +48,7 @@ class ModelRef:
     version: str | None = None
     run_id: str | None = None
     local_dir: Path | None = None
+    source: str | None = None  # where the version's artifacts live (its LoggedModel's artifact location)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def _resolve_registered(uri: str, name: str, alias: str | None, version: str | N
     except MlflowException:
         what = f"alias {alias!r}" if alias else f"version {version}"
         raise UserInputError(f"{uri}: model {name!r} has no {what}") from None
-    return ModelRef(uri=uri, name=name, version=str(found.version), run_id=found.run_id)
+    return ModelRef(uri=uri, name=name, version=str(found.version), run_id=found.run_id, source=found.source)
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
@@ -142,9 +143,9 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
 
     with tempfile.TemporaryDirectory(prefix="celltune-model-") as scratch:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{ref.name}/{ref.version}",
-                                                        dst_path=scratch, tracking_uri=tracking_uri
-                                                        or default_tracking_uri())
+            # From the version's own source: a models:/ URI would be resolved against the global registry URI.
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=scratch,
+                                                        tracking_uri=tracking_uri or default_tracking_uri())
         except Exception as exc:  # storage errors come in many types; name the model and the cause
             raise UserInputError(f"{uri}: cannot download the model's artifacts ({_first_line(exc)})") from None
         descriptions = sorted(Path(local).rglob(DESCRIPTION_FILE))
@@ -221,6 +222,9 @@ def package_checkpoint(checkpoint_dir: Path, target: Path, *, postprocess_defaul
     weights = next(source / name for name in ("best_model.safetensors", WEIGHTS_FILE) if (source / name).is_file())
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / WEIGHTS_FILE)
+    from celltune.platform.tracking import mask_secrets
+
+    description = mask_secrets(description)  # training paths may hold credentials (e.g. a presigned URL)
     description.update(
         postprocess=dict(postprocess_default),
         postprocess_per_dataset={k: dict(v) for k, v in postprocess_per_dataset.items()},
@@ -240,10 +244,11 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
 
     Returns the new ``ModelVersion``; ``alias`` (default ``candidate``) is moved to it.
     """
-    import mlflow
+    import mlflow.pyfunc
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    from celltune.platform.tracking import metric_name
+    from celltune.platform.tracking import flatten_params, metric_name
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="celltune-register-") as scratch:
@@ -252,15 +257,24 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
                                     postprocess_per_dataset=postprocess_per_dataset, metrics=metrics)
         description = json.loads((folder / DESCRIPTION_FILE).read_text())
         example = _input_example(description)
-        signature = _signature(description, example)
-        previous_uri = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        try:
-            logged = _log_in_run(run_id, folder, signature, example)
-            version = mlflow.register_model(logged.model_uri, name)
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
+        model_dir = Path(scratch) / "model"
+        # save_model + client calls rather than the fluent log_model, which would repoint this process's (and its
+        # subprocesses') global tracking and registry URIs.
+        mlflow.pyfunc.save_model(str(model_dir), python_model=str(PYFUNC_CODE), artifacts={"celltune": str(folder)},
+                                 signature=_signature(description, example), input_example=example,
+                                 pip_requirements=_requirements())
+        experiment_id = client.get_run(run_id).info.experiment_id
+        logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, model_type="celltune",
+                                            params=flatten_params(description.get("train_config", {})))
+        client.log_model_artifacts(logged.model_id, str(model_dir))
+        client.finalize_logged_model(logged.model_id, "READY")
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, source=logged.artifact_location, run_id=run_id,
+                                          model_id=logged.model_id)
     version_tags = {
         "celltune.seg_mean": str(float(metrics.get("seg_mean", float("nan")))),
         "celltune.metrics": json.dumps({metric_name(k): float(v) for k, v in metrics.items()}, sort_keys=True),
@@ -277,21 +291,6 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return client.get_model_version(name, version.version)
-
-
-def _log_in_run(run_id: str, folder: Path, signature, example):
-    """Log the pyfunc model into an existing (finished) run, which MLflow only does for the active run."""
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_CODE),
-            artifacts={"celltune": str(folder)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=_requirements(),
-        )
 
 
 def _input_example(description: Mapping[str, Any]):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.model_registry import load_model, register_checkpoint
@@ -42,6 +44,7 @@ DEFAULT_EXPERIMENT = "celltune-search"
 SEARCH_TAG = "celltune.search_name"
 TRIAL_TAG = "celltune.trial_id"
 REGISTERED_TAG = "celltune.registered_version"
+CHILD_RUN_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,40 @@ class MlflowTrialHooks:
 
     def observer_for(self, trial_id: str, trial_name: str, sample: Mapping[str, Any],
                      config: TrainConfig) -> MlflowObserver:
+        """Runs in the trial's process: the driver's :class:`TrialRunCallback` creates the child run and logs its
+        params (masked with the driver's environment, which knows the secrets); wait for it briefly."""
         from mlflow import MlflowClient
 
-        run_id = self.child_run_id(trial_id, trial_name, sample)
+        deadline = time.monotonic() + CHILD_RUN_WAIT_S
+        run_id = self.child_run_id(trial_id)
+        while run_id is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            run_id = self.child_run_id(trial_id)
+        run_id = run_id or self.child_run_id(trial_id, trial_name, sample)
         MlflowClient(tracking_uri=self.tracking_uri).update_run(run_id, status="RUNNING")
-        return MlflowObserver(RunLogger(self.tracking_uri, run_id))
+        return MlflowObserver(RunLogger(self.tracking_uri, run_id), log_config=False)
+
+
+class TrialRunCallback(Callback):
+    """Tune callback on the driver: a child run per trial, with the trial's params and config, before it trains.
+
+    Restored with the search on ``--resume`` (Tune keeps its callbacks), so trials started afterwards get theirs.
+    """
+
+    def __init__(self, hooks: MlflowTrialHooks, base_tree: Mapping[str, Any]) -> None:
+        self.hooks = hooks
+        self.base_tree = base_tree
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        from celltune.search_spaces.sampling import apply_sample
+
+        run_id = self.hooks.child_run_id(trial.trial_id, str(trial), trial.config)
+        run = RunLogger(self.hooks.tracking_uri, run_id)
+        if run.client().get_run(run_id).data.params:
+            return  # a restarted trial
+        resolved = apply_sample(self.base_tree, trial.config, source=f"trial {trial.trial_id}").model_dump(mode="json")
+        run.log_params(flatten_params(resolved))
+        run.log_dict(resolved, "config/train_config.yaml")
 
 
 @dataclass
@@ -171,7 +203,8 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
 
     ensure_ray(address)
     try:
-        tuner = build_tuner(space, settings, hooks=hooks, resume=resume)
+        tuner = build_tuner(space, settings, hooks=hooks, resume=resume,
+                            callbacks=[TrialRunCallback(hooks, space.base_tree)])
         grid = tuner.fit()
         rows = _trial_rows(grid, space)
         _close_child_runs(client, hooks, rows)

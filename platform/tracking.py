@@ -42,6 +42,19 @@ def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
     return {value for name, value in environ.items() if SECRET_NAME.search(name) and len(value) >= 4}
 
 
+def mask_secrets(value: Any, secrets: set[str] | None = None) -> Any:
+    """``value`` (a tree of mappings, lists and strings) with every secret value replaced by ``***``."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(value, Mapping):
+        return {key: mask_secrets(item, secrets) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_secrets(item, secrets) for item in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+    return value
+
+
 def flatten_params(tree: Mapping[str, Any], prefix: str = "",
                    secrets: set[str] | None = None) -> dict[str, str]:
     """Flatten a nested config into dotted MLflow params, masking any secret value that appears in one."""
@@ -107,7 +120,7 @@ class RunLogger:
         self.client().log_figure(self.run_id, figure, artifact_file)
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
-        self.client().log_dict(self.run_id, dict(dictionary), artifact_file)
+        self.client().log_dict(self.run_id, mask_secrets(dict(dictionary)), artifact_file)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         self.client().log_artifact(self.run_id, str(local_path), artifact_path)
