@@ -301,6 +301,15 @@ def _close_child_runs(client, hooks: MlflowTrialHooks, rows: list[TrialRow]) -> 
         if row.error:
             client.set_tag(run_id, "celltune.error", row.error[:5000])
         client.set_terminated(run_id, status=statuses[row.status])
+    # A trial started just before the driver died, but not yet in Tune's saved state, is replaced on --resume;
+    # its child run stays, marked so nobody mistakes it for a trial of the search.
+    known = {row.trial_id for row in rows}
+    children = client.search_runs([hooks.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{hooks.parent_run_id}'")
+    for child in children:
+        if child.data.tags.get(TRIAL_TAG) not in known:
+            client.set_tag(child.info.run_id, "celltune.trial_status", "lost")
+            client.set_terminated(child.info.run_id, status="KILLED")
 
 
 def _log_search_summary(run: RunLogger, space: SearchSpace, rows: list[TrialRow], best: TrialRow | None) -> None:

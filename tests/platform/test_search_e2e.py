@@ -82,7 +82,7 @@ def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_regis
     uri, storage, finished = demo_search.uri, demo_search.storage, demo_search.finished_before_kill
     assert finished, "no trial had finished when the search was killed"
     assert "registered models:/demo-model/1" in demo_search.resume_output
-    assert len(_trial_folders(storage / "e2e")) == 4
+    assert "search e2e: 4 trials" in demo_search.resume_output
     for name, lines in finished.items():
         assert len(_results(storage / "e2e" / name)) == lines, f"finished trial {name} ran again"
 
@@ -91,7 +91,10 @@ def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_regis
     (parent,) = client.search_runs([experiment], filter_string="tags.`celltune.kind` = 'search'")
     assert parent.info.status == "FINISHED"
     children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == 4  # a restarted trial logs into its own child run again
+    # A trial started in the instant before the kill but not yet in Tune's saved state is replaced on resume;
+    # its child run is marked lost. A restarted trial logs into its own child run again.
+    children = [c for c in children if c.data.tags.get("celltune.trial_status") != "lost"]
+    assert len(children) == 4
     assert all("seg_mean" in child.data.metrics and child.data.params["model.name"] in ("unet", "xbnet")
                for child in children)
     stopped = [c for c in children if c.data.tags.get("celltune.early_stopped") == "true"]
