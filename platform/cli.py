@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # MLflow sets its own loggers to INFO ("Creating initial MLflow database tables...")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         result = args.handler(args)
     except UserInputError as exc:
