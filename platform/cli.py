@@ -67,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"celltune: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("celltune: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = _one_line(exc) if str(exc) else ""
+        print(f"celltune: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

@@ -44,6 +44,12 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UserInputError(f"--trials {args.trials}: needs at least one trial")
+    if args.resume:  # Tune restores the search as it started: its trial count, sampler and base config
+        given = [flag for flag, value in (("--set", args.overrides), ("--trials", args.trials is not None),
+                                          ("--seed", args.seed != 0)) if value]
+        if given:
+            raise UserInputError(f"--resume continues the search with the settings it started with; leave out "
+                                 f"{', '.join(given)}")
     space = load_space(args.space, overrides=parse_overrides(args.overrides) or None, stores_dir=args.stores)
     if args.dry_run:
         space = resolve_stores(space)

@@ -219,7 +219,10 @@ def package_checkpoint(checkpoint_dir: Path, target: Path, *, postprocess_defaul
     """Write the two files of a registered model into ``target``: best weights and the completed description."""
     source = Path(checkpoint_dir)
     description = json.loads((source / DESCRIPTION_FILE).read_text())
-    weights = next(source / name for name in ("best_model.safetensors", WEIGHTS_FILE) if (source / name).is_file())
+    weights = next((source / name for name in ("best_model.safetensors", WEIGHTS_FILE) if (source / name).is_file()),
+                   None)
+    if weights is None:
+        raise UserInputError(f"{source}: no best_model.safetensors or {WEIGHTS_FILE} to register")
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / WEIGHTS_FILE)
     from celltune.platform.tracking import mask_secrets

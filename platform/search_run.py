@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -23,7 +24,14 @@ from ray.tune import Callback
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.model_registry import load_model, register_checkpoint
-from celltune.platform.tracking import RunLogger, default_tracking_uri, flatten_params, metric_name
+from celltune.platform.tracking import (
+    RunLogger,
+    absolute_tracking_uri,
+    default_tracking_uri,
+    flatten_params,
+    mask_secrets,
+    metric_name,
+)
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
@@ -45,6 +53,11 @@ SEARCH_TAG = "celltune.search_name"
 TRIAL_TAG = "celltune.trial_id"
 REGISTERED_TAG = "celltune.registered_version"
 CHILD_RUN_WAIT_S = 30.0
+SEARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl+C during a search: Tune stops the trials and returns, so the driver says how to continue."""
 
 
 @dataclass(frozen=True)
@@ -180,11 +193,13 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     """Run (or with ``resume`` continue) a search, tune thresholds, register the best model."""
     import mlflow
 
-    from celltune.data_prep.ray_session import ensure_ray
-
-    tracking_uri = tracking_uri or default_tracking_uri()
+    # Trials run in their own folders: a relative sqlite:///mlflow.db would give each its own database.
+    tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
     if resume and not name:
         raise UserInputError("--resume needs --name of the search to continue")
+    if name is not None and not SEARCH_NAME.fullmatch(name):
+        raise UserInputError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or "
+                             "digit)")
     space = resolve_stores(space)
     storage = storage if "://" in str(storage) else str(Path(storage).resolve())
     name = name or time.strftime(f"search-{space.name}-%Y%m%d-%H%M%S")
@@ -195,17 +210,22 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
                              "pass --resume to continue it or choose another name")
     if resume and not search_exists(settings):
         raise UserInputError(f"--resume: no search named {name!r} under {storage}")
+    connect_ray(address)
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment_id = _experiment_id(client, experiment)
     parent_run_id = _parent_run(client, tracking_uri, experiment_id, name, space, settings, resume=resume)
     hooks = MlflowTrialHooks(tracking_uri, experiment_id, parent_run_id, name)
 
-    ensure_ray(address)
     try:
         tuner = build_tuner(space, settings, hooks=hooks, resume=resume,
                             callbacks=[TrialRunCallback(hooks, space.base_tree)])
         grid = tuner.fit()
+        if grid.num_terminated + grid.num_errors < len(grid) or (not resume and len(grid) < settings.trials):
+            # Tune returns normally on Ctrl+C: trials are unfinished, so nothing may be scored or registered yet.
+            client.set_terminated(parent_run_id, status="KILLED")
+            raise SearchInterrupted(f"search {name} stopped with trials unfinished; continue it with "
+                                    f"--name {name} --resume")
         rows = _trial_rows(grid, space)
         _close_child_runs(client, hooks, rows)
         best = _best_trial(rows, space)
@@ -215,11 +235,24 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
         if best is not None and best.checkpoint is not None:
             _finish_best(result, space, client, hooks, register_as or f"celltune-{space.name}", seed=seed,
                          show_progress=show_progress)
+    except (UserInputError, SearchInterrupted):
+        raise
     except BaseException:
         client.set_terminated(parent_run_id, status="FAILED")
         raise
     client.set_terminated(parent_run_id, status="FINISHED")
     return result
+
+
+def connect_ray(address: str | None) -> None:
+    """Join ``address`` (or start local Ray); an unreachable cluster is the user's input, not our failure."""
+    from celltune.data_prep.ray_session import ensure_ray
+
+    try:
+        ensure_ray(address)
+    except ConnectionError as exc:
+        raise UserInputError(f"--address {address}: cannot connect to a Ray cluster there "
+                             f"({' '.join(str(exc).split())[:200]})") from None
 
 
 def _experiment_id(client, name: str) -> str:
@@ -231,6 +264,9 @@ def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space:
                 settings: SearchSettings, *, resume: bool) -> str:
     found = client.search_runs([experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{name}' "
                                "and tags.`celltune.kind` = 'search'", max_results=1)
+    if found and not resume:
+        raise UserInputError(f"--name: the MLflow experiment already has a search run named {name!r} "
+                             f"({found[0].info.run_id}); choose another name or pass --resume")
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -244,8 +280,8 @@ def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space:
                                               if space.early_stopping else "none",
                                               "storage": experiment_path(settings)}}))
     run.log_dict(space.base_tree, "search/base_config.yaml")
-    if space.source is not None:
-        run.log_artifact(Path(space.source), "search")
+    if space.source is not None:  # the space file as written, with any secret value masked
+        run.client().log_text(run_id, mask_secrets(Path(space.source).read_text()), f"search/{Path(space.source).name}")
     return run_id
 
 
@@ -299,7 +335,7 @@ def _close_child_runs(client, hooks: MlflowTrialHooks, rows: list[TrialRow]) -> 
         client.set_tag(run_id, "celltune.trial_status", row.status)
         client.set_tag(run_id, "celltune.early_stopped", str(row.status == "stopped early").lower())
         if row.error:
-            client.set_tag(run_id, "celltune.error", row.error[:5000])
+            client.set_tag(run_id, "celltune.error", mask_secrets(row.error)[:5000])
         client.set_terminated(run_id, status=statuses[row.status])
     # A trial started just before the driver died, but not yet in Tune's saved state, is replaced on --resume;
     # its child run stays, marked so nobody mistakes it for a trial of the search.
@@ -363,7 +399,9 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
             tune_postprocess,
         )
 
-        cache = Path(tempfile.gettempdir()) / f"celltune-valprobs-{result.parent_run_id}-{best.trial_id}.npz"
+        # Next to the search on local storage (a resumed search reuses it), else in the temp folder.
+        folder = Path(result.path) if "://" not in result.path else Path(tempfile.gettempdir())
+        cache = folder / f"validation-probabilities-{best.trial_id}.npz"
         if cache.is_file():
             probabilities = ValidationProbabilities.load(cache)
         else:

@@ -36,6 +36,17 @@ def default_tracking_uri(cwd: Path | None = None) -> str:
     return f"sqlite:///{(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite or file-store path made absolute (processes in other folders share it)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, _, query = uri.removeprefix("sqlite:///").partition("?")
+        if path and path != ":memory:":
+            return f"sqlite:///{Path(path).resolve()}" + (f"?{query}" if query else "")
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
+        return Path(uri.removeprefix("file:")).resolve().as_uri()
+    return uri
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
     """Values of environment variables whose names look like credentials (long enough to be meaningful)."""
     environ = os.environ if environ is None else environ

@@ -16,7 +16,7 @@ from typing import Any
 
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.mlflow_observer import MlflowObserver
-from celltune.platform.tracking import RunLogger, default_tracking_uri
+from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri
 from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 
@@ -68,7 +68,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
         update={"stores": [Path(store).resolve() for store in config.data.stores]})})
     check_config(config)
     storage_path = Path(storage_path).resolve()
-    tracking_uri = tracking_uri or default_tracking_uri()
+    tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())  # workers run in other folders
     if resume and not name:
         raise UserInputError("--resume needs --name of the run to continue")
     name = name or time.strftime("train-%Y%m%d-%H%M%S")

@@ -122,16 +122,16 @@ def _run_single_worker_trial(config: TrainConfig, observer: TrainingObserver | N
         checkpoint = ray.tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)  # where it ran, for users and tests
 
-    def latest_checkpoint() -> Path | None:
-        checkpoint = ray.tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="celltune-trial-resume-")))
+    with tempfile.TemporaryDirectory(prefix="celltune-trial-resume-") as scratch:
 
-    device = torch.device("cuda") if config.resources.use_gpu and torch.cuda.is_available() else torch.device("cpu")
-    context = WorkerContext(device=device, report=report, latest_checkpoint=latest_checkpoint,
-                            progress_bar=ray_progress_bar)
-    train(config, context, observer)
+        def latest_checkpoint() -> Path | None:
+            checkpoint = ray.tune.get_checkpoint()
+            return None if checkpoint is None else Path(checkpoint.to_directory(scratch))
+
+        use_cuda = config.resources.use_gpu and torch.cuda.is_available()
+        context = WorkerContext(device=torch.device("cuda" if use_cuda else "cpu"), report=report,
+                                latest_checkpoint=latest_checkpoint, progress_bar=ray_progress_bar)
+        train(config, context, observer)
 
 
 def _run_multi_worker_trial(config: TrainConfig, observer: TrainingObserver | None, *, storage_path: str,

@@ -58,3 +58,13 @@ def test_metric_names_mlflow_rejects_are_made_acceptable(sqlite_run):
     uri, run_id, client = sqlite_run
     RunLogger(uri, run_id).log_metrics({"seg/Fluo-N2DH-SIM+": 0.5, "iou/a(b)": 0.1}, step=1)
     assert client.get_run(run_id).data.metrics == {"seg/Fluo-N2DH-SIMplus": 0.5, "iou/a_b_": 0.1}
+
+
+def test_relative_tracking_uris_become_absolute(tmp_path, monkeypatch):
+    from celltune.platform.tracking import absolute_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert absolute_tracking_uri("sqlite:////data/m.db") == "sqlite:////data/m.db"
+    assert absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
