@@ -15,7 +15,7 @@ import re
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ SEARCH_TAG = "celltune.search_name"
 TRIAL_TAG = "celltune.trial_id"
 REGISTERED_TAG = "celltune.registered_version"
 CHILD_RUN_WAIT_S = 30.0
+BASE_TREE_FILE = "celltune_base_config.json"
 SEARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -210,6 +211,10 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
                              "pass --resume to continue it or choose another name")
     if resume and not search_exists(settings):
         raise UserInputError(f"--resume: no search named {name!r} under {storage}")
+    if resume:  # the trials left continue from the base config the search started with (its --set included)
+        space = replace(space, base_tree=read_base_tree(settings))
+    else:
+        write_base_tree(settings, space.base_tree)
     connect_ray(address)
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -242,6 +247,33 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
         raise
     client.set_terminated(parent_run_id, status="FINISHED")
     return result
+
+
+def _base_tree_location(settings: SearchSettings):
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(experiment_path(settings))
+    return filesystem, root, f"{root}/{BASE_TREE_FILE}"
+
+
+def write_base_tree(settings: SearchSettings, tree: Mapping[str, Any]) -> None:
+    """Keep the search's effective base config next to Tune's state (unmasked: it is the user's own storage)."""
+    filesystem, root, path = _base_tree_location(settings)
+    filesystem.create_dir(root, recursive=True)
+    scratch = f"{path}.tmp"
+    with filesystem.open_output_stream(scratch) as handle:
+        handle.write(json.dumps(tree, indent=2, default=str).encode())
+    filesystem.move(scratch, path)
+
+
+def read_base_tree(settings: SearchSettings) -> dict[str, Any]:
+    filesystem, _, path = _base_tree_location(settings)
+    try:
+        with filesystem.open_input_stream(path) as handle:
+            return json.loads(handle.read().decode())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"--resume: {path} is missing or unreadable ({exc}); the search cannot continue "
+                             "with the config it started with") from None
 
 
 def connect_ray(address: str | None) -> None:

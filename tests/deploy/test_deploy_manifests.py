@@ -575,7 +575,8 @@ def test_cluster_searches_in_the_readme_use_shared_storage():
         shared = "/mnt/efs/" if str(args.stores).startswith("/mnt/efs/") else "/data/"
         assert str(args.stores).startswith(shared) and args.storage.startswith(shared), (
             "stores and Tune storage must both be on the shared file system of that cluster")
-        assert args.address == "auto" and args.max_concurrent
+        # A fresh search on an autoscaling cluster needs --max-concurrent; a resumed one restores its own.
+        assert args.address == "auto" and (args.max_concurrent or args.resume)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,3 +25,17 @@ def test_bad_search_input_is_one_line_exit_2(demo_stores, tmp_path, capsys, extr
 def test_unknown_space_suggests_a_shipped_one(tmp_path, capsys):
     assert main(["search", "--space", "demoo", "--dry-run"]) == 2
     assert "did you mean 'demo'" in capsys.readouterr().err
+
+
+def test_a_resumed_search_keeps_the_base_config_it_started_with(tmp_path):
+    from celltune.data_prep.errors import UserInputError
+    from celltune.platform.search_run import read_base_tree, write_base_tree
+    from celltune.search_spaces.tuner import SearchSettings
+
+    settings = SearchSettings(storage_path=str(tmp_path), name="s1", trials=2)
+    tree = {"data": {"stores": ["/x/A.zarr"]}, "training": {"epochs": 7}}  # as started, --set included
+    write_base_tree(settings, tree)
+    assert read_base_tree(settings) == tree
+    assert [p.name for p in (tmp_path / "s1").iterdir()] == ["celltune_base_config.json"]  # no temp file left
+    with pytest.raises(UserInputError, match="--resume: .* is missing or unreadable"):
+        read_base_tree(SearchSettings(storage_path=str(tmp_path), name="other", trials=2))
