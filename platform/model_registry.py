@@ -276,8 +276,6 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=logged.artifact_location, run_id=run_id,
-                                          model_id=logged.model_id)
     version_tags = {
         "celltune.seg_mean": str(float(metrics.get("seg_mean", float("nan")))),
         "celltune.metrics": json.dumps({metric_name(k): float(v) for k, v in metrics.items()}, sort_keys=True),
@@ -289,8 +287,9 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
         "celltune.key_settings": json.dumps(key_settings(description.get("train_config", {})), sort_keys=True),
         **dict(tags or {}),
     }
-    for key, value in version_tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
+    # Tags go in with the version, so a version never exists without them (a resumed search looks for them).
+    version = client.create_model_version(name, source=logged.artifact_location, run_id=run_id,
+                                          model_id=logged.model_id, tags=version_tags)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return client.get_model_version(name, version.version)

@@ -453,11 +453,15 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
     parent_logger.log_dict(result.thresholds, "search/postprocess_thresholds.json")
     parent_logger.log_dict(description["train_config"], "search/best_config.yaml")
 
-    registered = parent.data.tags.get(REGISTERED_TAG)
+    registered = parent.data.tags.get(REGISTERED_TAG) or _version_of_search(client, model_name,
+                                                                             result.parent_run_id)
     if registered:  # a resumed search that had already registered its model
+        client.set_tag(result.parent_run_id, REGISTERED_TAG, registered)
         result.registered_name, result.registered_version = registered.split("/", 1)
         return
     child = hooks.child_run_id(best.trial_id)
+    if child is None:
+        raise RuntimeError(f"the best trial {best.trial_id} has no MLflow run under search run {result.parent_run_id}")
     version = register_checkpoint(
         checkpoint_dir, name=model_name, run_id=child, tracking_uri=result.tracking_uri,
         postprocess_default=default, postprocess_per_dataset=per_dataset, metrics=scores,
@@ -466,6 +470,20 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
     )
     client.set_tag(result.parent_run_id, REGISTERED_TAG, f"{model_name}/{version.version}")
     result.registered_name, result.registered_version = model_name, str(version.version)
+
+
+def _version_of_search(client, model_name: str, parent_run_id: str) -> str | None:
+    """``NAME/VERSION`` this search registered before its driver died, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if version.tags.get("celltune.search_run_id") == parent_run_id:
+            return f"{model_name}/{version.version}"
+    return None
 
 
 def _log_threshold_study(run: RunLogger, choice) -> None:
