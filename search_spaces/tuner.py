@@ -196,8 +196,12 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
               for index, point in enumerate(space.points)]
     searcher = OptunaSearch(space=define_by_run(space), metric=objective.metric, mode=objective.mode,
                             sampler=sampler, points_to_evaluate=points or None)
-    concurrency = settings.max_concurrent or concurrency_for(trial_footprint(base), ray.cluster_resources(),
-                                                             settings.trials)
+    available = ray.cluster_resources()
+    concurrency = settings.max_concurrent or concurrency_for(trial_footprint(base), available, settings.trials)
+    if not settings.max_concurrent and trial_footprint(base)["GPU"] > available.get("GPU", 0.0):
+        logger.warning("the cluster has %g GPUs now and a trial needs %g: trials run one at a time unless "
+                       "--max-concurrent is given (an autoscaling cluster adds GPU nodes on demand)",
+                       available.get("GPU", 0.0), trial_footprint(base)["GPU"])
     searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     max_t = evaluations_per_trial(base)
     if space.early_stopping is not None and settings.early_stopping:
