@@ -238,6 +238,8 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
     import zarr
     from tqdm import tqdm
 
+    from celltune.data_prep.ray_session import task_events
+
     task = ray.remote(num_cpus=1, max_retries=0)(_convert_task)
     tmp_dirs: dict[str, Path] = {}
     pending_by_dataset: dict[str, int] = {}
@@ -260,39 +262,23 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
             for seq in sequences:
                 gen = task.remote(seq, str(tmp_dirs[seq.dataset]))
                 running[gen] = seq
-            while running:
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                for gen in ready:
-                    seq = running[gen]
-                    try:
-                        ref = next(gen)
-                    except StopIteration:
-                        del running[gen]
-                        continue
-                    try:
-                        kind, payload = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = getattr(exc, "cause", None)
-                        if isinstance(cause, UserInputError):
-                            raise UserInputError(str(cause)) from None
-                        raise RuntimeError(f"converting {seq.dataset}/{seq.sequence} failed: "
-                                           f"{type(cause).__name__ if cause else 'error'}: {cause}") from exc
-                    if kind == "progress":
-                        bar.update(payload)
-                    elif kind == "error":
-                        raise UserInputError(payload)
-                    elif kind == "done":
-                        del running[gen]
-                        report.sequences.append({"dataset": seq.dataset, "sequence": seq.sequence,
-                                                 "frames": len(seq.raw), "seconds": payload.seconds,
-                                                 "finished": time.perf_counter() - t_start})
-                        results[seq.dataset].append(payload)
-                        pending_by_dataset[seq.dataset] -= 1
-                        if pending_by_dataset[seq.dataset] == 0:
-                            _finalize(out_dir, by_name[seq.dataset], tmp_dirs[seq.dataset], results[seq.dataset])
-                            del tmp_dirs[seq.dataset]
-                            report.converted.append(seq.dataset)
-                            bar.set_postfix_str(f"done {', '.join(report.converted)}", refresh=False)
+            for gen, seq, kind, payload in task_events(running, lambda s: f"converting {s.dataset}/{s.sequence}"):
+                if kind == "progress":
+                    bar.update(payload)
+                elif kind == "error":
+                    raise UserInputError(payload)
+                elif kind == "done":
+                    del running[gen]
+                    report.sequences.append({"dataset": seq.dataset, "sequence": seq.sequence,
+                                             "frames": len(seq.raw), "seconds": payload.seconds,
+                                             "finished": time.perf_counter() - t_start})
+                    results[seq.dataset].append(payload)
+                    pending_by_dataset[seq.dataset] -= 1
+                    if pending_by_dataset[seq.dataset] == 0:
+                        _finalize(out_dir, by_name[seq.dataset], tmp_dirs[seq.dataset], results[seq.dataset])
+                        del tmp_dirs[seq.dataset]
+                        report.converted.append(seq.dataset)
+                        bar.set_postfix_str(f"done {', '.join(report.converted)}", refresh=False)
         success = True
     finally:
         if not success:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -46,3 +48,37 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             os.environ.pop(LOCAL_ONLY_ENV, None)
         else:
             os.environ[LOCAL_ONLY_ENV] = previous_env
+
+
+def task_events(running: dict, describe) -> Iterator[tuple[Any, Any, str, Any]]:
+    """``(generator, key, event, payload)`` from streaming Ray tasks as they come, until ``running`` is empty.
+
+    ``running`` maps each task's ObjectRefGenerator to its key; the tasks yield ``(event, payload)`` pairs. A
+    finished generator leaves ``running`` here; callers may remove one earlier (on their "done" event). A task's
+    UserInputError stays one (a user error wherever it showed); any other failure becomes a RuntimeError saying
+    ``describe(key)``.
+    """
+    import ray
+
+    from celltune.data_prep.errors import UserInputError
+
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        for gen in ready:
+            if gen not in running:
+                continue
+            key = running[gen]
+            try:
+                ref = next(gen)
+            except StopIteration:
+                del running[gen]
+                continue
+            try:
+                event, payload = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, UserInputError):
+                    raise UserInputError(str(cause)) from None
+                raise RuntimeError(f"{describe(key)} failed: {type(cause).__name__ if cause else 'error'}: "
+                                   f"{cause}") from exc
+            yield gen, key, event, payload

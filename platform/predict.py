@@ -627,6 +627,8 @@ def _run_in_ray(model, description: Mapping[str, Any], params: Mapping[str, Any]
                 options: PredictOptions, bar, on_done: Callable[[SequenceOutcome], None]) -> None:
     import ray
 
+    from celltune.data_prep.ray_session import task_events
+
     gpus = 1 if str(options.device).startswith("cuda") else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_predict_task)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -634,29 +636,15 @@ def _run_in_ray(model, description: Mapping[str, Any], params: Mapping[str, Any]
     config = dict(description["model"])
     running = {task.remote(weights, config, dict(description), dict(params), s, options): s for s in sources}
     try:
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            for gen in ready:
-                source = running[gen]
-                try:
-                    ref = next(gen)
-                except StopIteration:
-                    del running[gen]
-                    continue
-                try:
-                    event, payload = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    cause = getattr(exc, "cause", None)
-                    raise RuntimeError(f"predicting {source.where} failed: "
-                                       f"{type(cause).__name__ if cause else 'error'}: {cause}") from exc
-                if event == "error":
-                    raise UserInputError(payload)
-                if event == "predict":
-                    bar.update(payload)
-                elif event == "done":
-                    del running[gen]
-                    on_done(payload)
-                    bar.set_postfix_str(f"{len(sources) - len(running)}/{len(sources)} sequences", refresh=False)
+        for gen, _, event, payload in task_events(running, lambda source: f"predicting {source.where}"):
+            if event == "error":
+                raise UserInputError(payload)
+            if event == "predict":
+                bar.update(payload)
+            elif event == "done":
+                del running[gen]
+                on_done(payload)
+                bar.set_postfix_str(f"{len(sources) - len(running)}/{len(sources)} sequences", refresh=False)
     finally:
         for gen in running:
             with contextlib.suppress(Exception):
