@@ -6,8 +6,10 @@ environment variable whose name looks like a credential, and its value is part o
 so the same search also shows that no logged param carries it.
 
 The UI is checked in headless Chromium (Debian's ``chromium`` package) driven over the DevTools protocol on a
-pipe (``--remote-debugging-pipe``, no extra Python packages): the experiment's runs table must list the search's
-runs with their ``seg_mean``. Screenshots go to ``$CELLTUNE_TEST_ARTIFACTS`` (default: the test's tmp folder).
+pipe (``--remote-debugging-pipe``, no extra Python packages), through the pages a user opens and what they show
+(visible text and ARIA table rows), never the UI's private browser state: the search's parent run page with its
+child runs, each trial's run page with its ``seg_mean``, and the registered model's page with its aliases.
+Screenshots go to ``$CELLTUNE_TEST_ARTIFACTS`` (default: the test's tmp folder).
 With ``CI=true`` a missing Chromium fails the test instead of skipping it.
 """
 
@@ -256,66 +258,87 @@ def _artifact_dir(tmp_path: Path) -> Path:
     return folder
 
 
-# The runs table keeps its columns and expanded rows in the page's localStorage (MLflow 3.x UI state);
-# selecting seg_mean and the Models column and expanding the search's parent run is what a user clicks.
-_SHOW_COLUMNS = """(() => {{
-  const key = 'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState';
-  if (localStorage.getItem(key) === null) return false;
-  const state = JSON.parse(localStorage.getItem(key));
-  state.selectedColumns = ['attributes.`Models`', 'metrics.`seg_mean`'];
-  state.runsExpanded = {{'{parent}': true}};
-  localStorage.setItem(key, JSON.stringify(state));
-  localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
-  return true;
-}})()"""
-_ROWS = """(() => {
-  const rows = {};
-  document.querySelectorAll('.ag-row[row-id]').forEach(row => {
-    const id = row.getAttribute('row-id');
-    rows[id] = ((rows[id] || '') + '\\n' + row.innerText).trim();
-  });
-  const headers = [...document.querySelectorAll('[role="columnheader"]')].map(h => h.innerText.trim());
-  return {rows, headers};
+# What a user reads on a page, through its public surface only: the visible text, and the rows of its ARIA tables
+# (the run page's metrics table is a role="table" of role="row"s with role="cell"s). No UI-private state.
+_PAGE = """(() => {
+  const tables = [...document.querySelectorAll('[role="table"]')].map(table =>
+    [...table.querySelectorAll('[role="row"]')].map(row =>
+      [...row.querySelectorAll('[role="cell"], [role="gridcell"], [role="columnheader"]')]
+        .map(cell => cell.innerText.trim())));
+  return {text: document.body.innerText, tables};
 })()"""
 
 
-def test_mlflow_ui_lists_the_search_runs_with_seg_mean(served_search, tmp_path):
+@dataclass(frozen=True)
+class Page:
+    url: str
+    text: str
+    tables: list[list[list[str]]]
+    screenshot: Path
+
+    def metric(self, name: str) -> str | None:
+        """The value shown beside ``name`` in a Metric/Value table, else on the line after it in the text."""
+        for table in self.tables:
+            for row in table:
+                if len(row) >= 2 and row[0] == name:
+                    return row[1]
+        lines = [line.strip() for line in self.text.splitlines()]
+        return next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line == name), None)
+
+    def missing(self, what: str) -> str:
+        shown = " | ".join(line for line in self.text.splitlines() if line.strip())[:1500]
+        return f"{self.url}: {what} not shown (screenshot {self.screenshot}); the page showed: {shown}"
+
+
+def _visit(browser: DevTools, url: str, ready: list[str], shot: Path, timeout: float = 60,
+           show: str | None = None) -> Page:
+    """Open ``url`` as a user would and wait until every string of ``ready`` is on the page (or time runs out);
+    the screenshot shows the table row that starts with ``show`` where there is one."""
+    browser.call("Page.navigate", url=url)
+    browser.wait_for(f"{json.dumps(ready)}.every(s => document.body && document.body.innerText.includes(s))",
+                     timeout=timeout)
+    if show:
+        browser.evaluate(f"""[...document.querySelectorAll('[role="table"] [role="row"]')]
+            .find(r => r.innerText.trim().startsWith({json.dumps(show)}))?.scrollIntoView({{block: 'center'}})""")
+    state = browser.evaluate(_PAGE)
+    page = Page(url, state["text"], state["tables"], browser.screenshot(shot))
+    print(f"MLflow UI screenshot: {page.screenshot}")
+    return page
+
+
+def test_mlflow_ui_shows_the_search_runs_seg_mean_and_champion(served_search, tmp_path):
+    """The pages a user opens: the search's parent run (with its trials as child runs), each trial's run page
+    (its seg_mean in the metrics table) and the registered model's page (aliases champion and candidate)."""
     chromium = _chromium()
     assert served_search.search.returncode == 0, served_search.search.stderr[-3000:]
     client, experiment, parent, children = _runs(served_search)
-    seg_mean = {c.info.run_id: c.data.metrics["seg_mean"] for c in children}
-    names = {c.info.run_id: c.info.run_name for c in children}
-    champion = client.get_model_version_by_alias(MODEL, "champion")
     artifacts = _artifact_dir(tmp_path)
+    runs_url = f"{served_search.uri}/#/experiments/{experiment.experiment_id}/runs"
 
     browser = DevTools(chromium, tmp_path / "chromium-profile")
     try:
-        browser.open(f"{served_search.uri}/#/experiments/{experiment.experiment_id}/runs")
-        shown = browser.wait_for(_SHOW_COLUMNS.format(experiment=experiment.experiment_id, parent=parent.info.run_id))
-        assert shown, "the MLflow UI kept no runs-table state in localStorage (has its UI changed?)"
-        browser.call("Page.reload")
+        browser.open("about:blank")
+        names = [child.info.run_name for child in children]
+        page = _visit(browser, f"{runs_url}/{parent.info.run_id}", [SEARCH, *names],
+                      artifacts / "mlflow-search-parent-run.png")
+        assert SEARCH in page.text, page.missing(f"the search's parent run {SEARCH!r}")
+        for name in names:
+            assert name in page.text, page.missing(f"child run {name!r} of the search")
 
-        expected = json.dumps([parent.info.run_id, *seg_mean])
-        browser.wait_for(f"(() => {{ const t = {_ROWS}; return t.headers.includes('seg_mean') && "
-                         f"{expected}.every(id => id in t.rows) && "
-                         f"t.rows[{json.dumps(champion.run_id)}].includes({json.dumps(MODEL)}); }})()")
-        table = browser.evaluate(_ROWS)
-        shot = browser.screenshot(artifacts / "mlflow-experiment-runs.png")
-        print(f"MLflow UI screenshot: {shot}")
-        assert "seg_mean" in table["headers"] and all(run in table["rows"] for run in json.loads(expected)), \
-            f"runs table without the search's runs or their seg_mean (see {shot}): {table}"
-        assert SEARCH in table["rows"][parent.info.run_id].split("\n")
-        for run_id, value in seg_mean.items():
-            cells = table["rows"][run_id].split("\n")
-            assert names[run_id] in cells, cells
-            assert any(_number(cell) == pytest.approx(value, abs=1e-6) for cell in cells), (value, cells)
-        assert f"{MODEL} v1" in " ".join(table["rows"][champion.run_id].split())
+        for index, child in enumerate(sorted(children, key=lambda run: run.info.run_name)):
+            value = child.data.metrics["seg_mean"]
+            page = _visit(browser, f"{runs_url}/{child.info.run_id}", [child.info.run_name, "seg_mean"],
+                          artifacts / f"mlflow-trial-run-{index}.png", show="seg_mean")
+            assert child.info.run_name in page.text, page.missing(f"trial run name {child.info.run_name!r}")
+            shown = page.metric("seg_mean")
+            assert shown is not None, page.missing("the trial's seg_mean metric")
+            assert _number(shown) == pytest.approx(value, abs=5e-4), \
+                page.missing(f"seg_mean {value} (the page shows {shown!r})")
 
-        browser.call("Page.navigate", url=f"{served_search.uri}/#/models/{MODEL}")
-        text = browser.wait_for("document.body.innerText.includes('champion') && document.body.innerText")
-        shot = browser.screenshot(artifacts / "mlflow-registered-model.png")
-        print(f"MLflow UI screenshot: {shot}")
-        assert text and "candidate" in text, f"registered model page without its aliases (see {shot})"
+        page = _visit(browser, f"{served_search.uri}/#/models/{MODEL}", [MODEL, "champion", "candidate"],
+                      artifacts / "mlflow-registered-model.png")
+        for alias in ("champion", "candidate"):
+            assert alias in page.text, page.missing(f"alias {alias!r} of {MODEL}")
     finally:
         browser.close()
 
