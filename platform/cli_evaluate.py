@@ -181,7 +181,7 @@ def evaluate_model(
     Raises:
         UserInputError: see :func:`dataset_sequences`, ``predict_to_folder`` and ``evaluate_results``.
     """
-    from celltune.platform.cli_predict import thresholds
+    from celltune.platform.cli_predict import thresholds, with_model_scale
     from celltune.platform.evaluate import evaluate_results
     from celltune.platform.predict import PredictOptions, predict_to_folder
 
@@ -189,6 +189,8 @@ def evaluate_model(
     sources = dataset_sequences(data) if sources is None else sources
     name = dataset or data.resolve().name
     params = thresholds(loaded, name if dataset is not None or _tuned(loaded, name) else None, overrides or {})
+    known = name in (loaded.description.get("scale") or {})
+    options = with_model_scale(options or PredictOptions(), loaded.description, name if known else dataset)
     scratch = None
     if out is None:
         scratch = Path(tempfile.mkdtemp(prefix="celltune-evaluate-"))

@@ -35,6 +35,9 @@ def add_model_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                         help="override a threshold or tracker setting, e.g. --set min_area=40 (repeatable)")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="use the thresholds the search tuned for this dataset (default: the model's default)")
+    parser.add_argument("--scale", type=float, default=None, metavar="FACTOR",
+                        help="resample frames by this factor for the network (default: the factor the model was "
+                             "trained at for --dataset, or its only one)")
     parser.add_argument("--no-track", action="store_true",
                         help="skip tracking: every object is its own one-frame track")
     parser.add_argument("--address", default=None,
@@ -92,11 +95,13 @@ def prediction_options(args: argparse.Namespace, tracking: Mapping[str, Any]):
         raise UserInputError(f"--tile {args.tile}: must be a positive number of pixels")
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.scale is not None and not 0.1 <= args.scale <= 4:
+        raise UserInputError(f"--scale {args.scale}: must lie in [0.1, 4]")
     if args.no_ray and args.address:
         raise UserInputError(f"--no-ray and --address {args.address}: choose one (Ray tasks on that cluster, or "
                              f"this process)")
     return PredictOptions(device=args.device, max_tile=args.tile or DEFAULT_MAX_TILE, batch_size=args.batch_size,
-                          track=not args.no_track, tracking=dict(tracking))
+                          track=not args.no_track, tracking=dict(tracking), scale=args.scale)
 
 
 def thresholds(loaded, dataset: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +111,15 @@ def thresholds(loaded, dataset: str | None, overrides: Mapping[str, Any]) -> dic
         logger.warning("no thresholds tuned for dataset %r (tuned: %s); using the model's default ones", dataset,
                        ", ".join(sorted(tuned)) or "none")
     return {**loaded.postprocess_params(dataset), **overrides}
+
+
+def with_model_scale(options, description: Mapping[str, Any], dataset: str | None):
+    """``options`` with the model's resampling factor for ``dataset`` unless ``--scale`` set one."""
+    from dataclasses import replace
+
+    from celltune.platform.predict import model_scale
+
+    return options if options.scale is not None else replace(options, scale=model_scale(description, dataset))
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -118,6 +132,7 @@ def _predict(args: argparse.Namespace) -> int:
     sources, collection = find_sequences(args.input)
     loaded = load_model(args.model, args.tracking_uri)
     params = thresholds(loaded, args.dataset, overrides)
+    options = with_model_scale(options, loaded.description, args.dataset)
     summaries = predict_to_folder(
         loaded.model, loaded.description, params, args.input, args.out, options, sources=sources,
         collection=collection, use_ray=False if args.no_ray else None, address=args.address,

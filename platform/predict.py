@@ -377,6 +377,7 @@ class PredictOptions:
         track: link instances into tracks; False writes each frame's objects as one-frame tracks.
         tracking: keyword arguments of :func:`~celltune.platform.cell_tracker.track_sequence`.
         amp: mixed precision (None: on for CUDA only).
+        scale: resample frames by this factor for the network (None: the model's own, see :func:`model_scale`).
     """
 
     device: str = "cpu"
@@ -385,6 +386,28 @@ class PredictOptions:
     track: bool = True
     tracking: Mapping[str, Any] = field(default_factory=dict)
     amp: bool | None = None
+    scale: float | None = None
+
+
+def model_scale(description: Mapping[str, Any], dataset: str | None = None) -> float:
+    """The resampling factor the model was trained at for ``dataset`` (``data.scale``; 1 for older models).
+
+    Without a dataset, the one factor all its datasets share.
+
+    Raises:
+        UserInputError: the datasets were trained at different factors and none (or an unknown one) is named.
+    """
+    scales = {name: float(value) for name, value in (description.get("scale") or {}).items()}
+    if not scales:
+        return 1.0
+    if dataset in scales:
+        return scales[dataset]
+    if len(set(scales.values())) == 1:
+        return next(iter(scales.values()))
+    named = f"dataset {dataset!r} is not one of them" if dataset else "no dataset named"
+    listed = ", ".join(f"{name}: {value:g}" for name, value in scales.items())
+    raise UserInputError(f"the model was trained at a scale per dataset ({listed}) and {named}: pass --dataset NAME "
+                         f"or --scale FACTOR")
 
 
 @dataclass(frozen=True)
@@ -453,6 +476,7 @@ def iter_predict_sequence(
         raise UserInputError(f"model description: normalization={method!r}; expected one of "
                              f"{', '.join(NORMALIZATIONS)}")
     params = _postprocess_check(kind, postprocess_params)
+    scale = options.scale if options.scale is not None else model_scale(description)
     time_window = time_window_of(model)
     previous: np.ndarray | None = None  # the frames before this batch, for temporal models' windows
     activation = activation_for(kind)
@@ -503,12 +527,13 @@ def iter_predict_sequence(
         elif raw[0].ndim == 2:
             probs = list(predict_probabilities(model, np.stack(images), size_multiple=size_multiple,
                                                activation=activation, device=options.device, amp=options.amp,
-                                               batch_size=options.batch_size, max_tile=options.max_tile))
+                                               batch_size=options.batch_size, max_tile=options.max_tile,
+                                               scale=scale))
         else:  # a volume: its z-slices through the 2D network, then (C, Z, Y, X) for 3D labelling
             probs = [np.moveaxis(predict_probabilities(model, image, size_multiple=size_multiple,
                                                        activation=activation, device=options.device,
                                                        amp=options.amp, batch_size=options.batch_size,
-                                                       max_tile=options.max_tile), 1, 0)
+                                                       max_tile=options.max_tile, scale=scale), 1, 0)
                      for image in images]
         timings["inference"] += time.perf_counter() - clock
         clock = time.perf_counter()

@@ -168,6 +168,7 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
             raise UserInputError(f"model description: {describe_validation_error(exc)}") from None
     time_window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
     validation = load_validation_frames(data_config, time_window=time_window)
+    scales = model_description.get("scale") or {}  # the factors the model was trained at, per dataset
     activation = activation_for(kind)
     frames: dict[str, list[Frame]] = {}
     total = sum(len(items) for items in validation.values())
@@ -177,7 +178,9 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
             for frame in items:
                 predict, images = ((predict_window_probabilities, frame.window) if frame.window is not None
                                    else (predict_probabilities, frame.image))  # time-window models get windows
-                probs = predict(model, images, size_multiple=size_multiple, activation=activation, device=device)[0]
+                scale = {"scale": scales.get(name, 1.0)} if frame.window is None else {}
+                probs = predict(model, images, size_multiple=size_multiple, activation=activation, device=device,
+                                **scale)[0]
                 frames[name].append((probs.astype(dtype, copy=False), np.asarray(frame.labels)))
                 bar.update()
     return ValidationProbabilities(kind, frames)

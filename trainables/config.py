@@ -8,13 +8,14 @@ Defaults follow Guo et al.'s XB-Net setup where the paper gives one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 DataConfiguration = Literal["gt", "st", "gt+st", "all-gt", "all-st", "all-gt+st"]
 Scheme = Literal["mix", "seq", "fix", "shu", "cho", "acc"]
 CropSize = PositiveInt | Literal["short_side"]
+Scale = Annotated[float, Field(ge=0.1, le=4.0)]
 
 
 class _Strict(BaseModel):
@@ -54,6 +55,10 @@ class DataConfig(_Strict):
     foreground_crop_p: float = Field(0.0, ge=0.0, le=1.0,
                                      description="probability that a crop is centred on an annotated cell pixel "
                                                  "instead of placed uniformly (0: always uniform)")
+    scale: Scale | dict[str, Scale] = Field(
+        1.0, description="resample each dataset's frames by this factor (0.5 halves each side) before cropping, so "
+                         "cells have a similar size in pixels across datasets; crops are taken at the resampled "
+                         "size, validation SEG is scored at the original resolution")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per dataset")
     cache_in_ram: bool = False
 
@@ -67,10 +72,18 @@ class DataConfig(_Strict):
     def batch_size_for(self, dataset: str) -> int:
         return self.batch_size.get(dataset, 8) if isinstance(self.batch_size, dict) else self.batch_size
 
+    def scale_for(self, dataset: str) -> float:
+        return float(self.scale.get(dataset, 1.0) if isinstance(self.scale, dict) else self.scale)
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """Every dataset's resampling factor (the model card records it for prediction)."""
+        return {name: self.scale_for(name) for name in self.dataset_names}
+
     @model_validator(mode="after")
     def _per_dataset_keys_exist(self) -> DataConfig:
         names = set(self.dataset_names)
-        for field in ("crop", "batch_size"):
+        for field in ("crop", "batch_size", "scale"):
             value = getattr(self, field)
             if isinstance(value, dict):
                 unknown = sorted(set(value) - names)

@@ -30,6 +30,8 @@ from celltune.data_prep import store_format
 from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.index import frames_for, load_index
 from celltune.data_prep.reader import SequenceReader
+from celltune.data_prep.targets import TERTIARY_BOUNDARY
+from celltune.trainables import resample
 from celltune.trainables.augment import Warp, add_noise, apply_warp, sample_warp
 from celltune.trainables.config import AugmentConfig, DataConfig
 from celltune.trainables.losses import edge_distance_weights
@@ -84,11 +86,11 @@ def dataset_frames(store: Path, config: str, split: str) -> list[FrameRef]:
 
 
 def crop_size_for(crop: int | str, frames: list[FrameRef], readers: Mapping[tuple[str, str], SequenceReader],
-                  size_multiple: int) -> int:
-    """``short_side``: the smallest frame side of the dataset, rounded down to the model's size multiple."""
+                  size_multiple: int, scale: float = 1.0) -> int:
+    """``short_side``: the smallest (resampled) frame side of the dataset, rounded down to the size multiple."""
     if crop != "short_side":
         return int(crop)
-    short = min(min(readers[(f.store, f.sequence)].frame_shape[-2:]) for f in frames)
+    short = min(resample.scaled_side(min(readers[(f.store, f.sequence)].frame_shape[-2:]), scale) for f in frames)
     return max(size_multiple, short // size_multiple * size_multiple)
 
 
@@ -107,11 +109,13 @@ class RandomCrops(IterableDataset):
         cache_bytes: per-sequence RAM cache of decoded frames.
         foreground_p: probability that a crop is centred on a random annotated pixel of its frame (0: uniform).
         time_window: frames per sample; above 1 the image is ``(T, 1, h, w)``, the target frame last.
+        scale: resampling factor of this stream's frames (see :mod:`celltune.trainables.resample`): the crop and
+            margin are in resampled pixels, read from ``1 / scale`` times as many original pixels.
     """
 
     def __init__(self, frames: list[FrameRef], *, crop: int, margin: int, target_kind: str, weights: bool,
                  normalization: str, augment: AugmentConfig, seed: int, cache_bytes: int = 0,
-                 foreground_p: float = 0.0, time_window: int = 1) -> None:
+                 foreground_p: float = 0.0, time_window: int = 1, scale: float = 1.0) -> None:
         super().__init__()
         if not frames:
             raise UserInputError("a training stream has no frames")
@@ -130,6 +134,7 @@ class RandomCrops(IterableDataset):
         self.cache_bytes = cache_bytes
         self.foreground_p = foreground_p
         self.time_window = time_window
+        self.scale = float(scale)
         self._readers: dict[tuple[str, str], SequenceReader] = {}
         self._foreground: dict[FrameRef, tuple[int, np.ndarray]] = {}
 
@@ -156,9 +161,14 @@ class RandomCrops(IterableDataset):
         warp = sample_warp(rng, side, rotation_p=aug.rotation_p, rotation_max_degrees=aug.rotation_max_degrees,
                            elastic_p=aug.elastic_p, elastic_alpha=aug.elastic_alpha, elastic_sigma=aug.elastic_sigma)
         border = warp.border if warp is not None else 0
-        window = (y0 - self.margin - border, x0 - self.margin - border, side + 2 * border)
+        full = side + 2 * border  # what the warp and the model need, in resampled pixels
+        context = resample.source_side(self.margin + border, self.scale) if self.scale != 1 else self.margin + border
+        read = resample.source_side(full, self.scale) if self.scale != 1 else full
+        window = (y0 - context, x0 - context, read)
         arrays = {"image": self._images(reader, frame, window)}
         arrays.update(self._targets(reader, frame, window))
+        if read != full:
+            arrays = {name: self._resample(name, a, (full, full)) for name, a in arrays.items()}
         if warp is not None:
             arrays = {name: _warp(name, a, warp) for name, a in arrays.items()}
         if "labels" in arrays:  # weights follow the (warped) labels, computed after the warp
@@ -175,10 +185,24 @@ class RandomCrops(IterableDataset):
         arrays["image"] = image
         return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
 
+    def _resample(self, name: str, array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A window read at the original resolution, brought to the resampled size (classes kept crisp)."""
+        if name == "image":
+            return resample.resize_images(array, shape)
+        if name == "labels":
+            return resample.resize_labels(array, shape)
+        if name == "weight":
+            return resample.resize_images(array, shape)
+        if self.target_kind == "mask_marker":
+            return resample.resize_masks(array, shape)
+        classes, thin = (3, TERTIARY_BOUNDARY) if self.target_kind == "tertiary" else (2, None)
+        return resample.resize_classes(array, shape, classes, thin)
+
     def _crop_origin(self, rng: np.random.Generator, frame: FrameRef, reader: SequenceReader) -> tuple[int, int]:
-        """Top-left corner of the loss region: uniform, or centred on an annotated pixel with ``foreground_p``."""
+        """Top-left corner of the loss region (original pixels): uniform, or centred on an annotated pixel with
+        ``foreground_p``."""
         height, width = reader.frame_shape[-2:]
-        side = self.crop
+        side = resample.source_side(self.crop, self.scale) if self.scale != 1 else self.crop
         high_y, high_x = max(height - side, 0), max(width - side, 0)
         if self.foreground_p > 0 and rng.random() < self.foreground_p:
             stride, points = self._foreground_points(frame, reader)
@@ -288,17 +312,22 @@ class TrainingStreams:
             # Each rank trains on its own shard; a rank that would get nothing shares all frames instead.
             shards[name] = frames[rank::world_size] or frames
             readers = {(f.store, f.sequence): SequenceReader(f.store, f.sequence) for f in frames}
-            crops[name] = crop_size_for(data.crop_for(name), frames, readers, size_multiple)
+            crops[name] = crop_size_for(data.crop_for(name), frames, readers, size_multiple, data.scale_for(name))
         common = dict(margin=margin, target_kind=target_kind, weights=weights, normalization=data.normalization,
                       augment=data.augment, cache_bytes=CACHE_BYTES_PER_SEQUENCE if data.cache_in_ram else 0,
                       foreground_p=data.foreground_crop_p, time_window=time_window)
         if pooled:
+            if len(set(data.scales.values())) > 1:
+                raise UserInputError(f"scheme mix pools every dataset into one stream and needs one data.scale for "
+                                     f"all; got {data.scales}")
             frames = [f for name in self.names for f in shards[name]]
-            dataset = RandomCrops(frames, crop=crops[self.names[0]], seed=_seed(seed, rank, -1), **common)
+            dataset = RandomCrops(frames, crop=crops[self.names[0]], seed=_seed(seed, rank, -1),
+                                  scale=data.scale_for(self.names[0]), **common)
             self._add(POOLED, dataset, data.batch_size_for(self.names[0]), data.loader_workers)
         else:
             for index, name in enumerate(self.names):
-                dataset = RandomCrops(shards[name], crop=crops[name], seed=_seed(seed, rank, index), **common)
+                dataset = RandomCrops(shards[name], crop=crops[name], seed=_seed(seed, rank, index),
+                                      scale=data.scale_for(name), **common)
                 self._add(name, dataset, data.batch_size_for(name), data.loader_workers)
 
     def _add(self, key: str | int, dataset: RandomCrops, batch_size: int, workers: int) -> None:

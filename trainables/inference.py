@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from celltune.data_prep.errors import UserInputError
+from celltune.trainables import resample
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def predict_probabilities(
     max_tile: int | None = 1024,
     tile_overlap: int = 64,
     show_progress: bool = False,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Class probabilities of every frame at its input size.
 
@@ -131,6 +133,8 @@ def predict_probabilities(
             frames whose padded side exceeds it are tiled along that side. None = never tile.
         tile_overlap: minimum overlap of neighbouring tiles in pixels (rounded up to the size multiple).
         show_progress: show a tqdm bar over tiles.
+        scale: the model was trained on frames resampled by this factor (``data.scale``): frames are resampled
+            so, predicted, and the probabilities resampled back to the input size.
 
     Returns:
         ``(N, C, H, W)`` float32 probabilities (N = 1 for a single ``(H, W)`` image).
@@ -139,6 +143,16 @@ def predict_probabilities(
         UserInputError: bad images, options or device, or a model whose output does not fit its input.
     """
     frames = _check_images(images)
+    if scale != 1.0:
+        if not 0 < scale <= 4:
+            raise UserInputError(f"scale={scale!r}: must lie in (0, 4]")
+        height, width = frames.shape[-2:]
+        shape = (resample.scaled_side(height, scale), resample.scaled_side(width, scale))
+        small = resample.resize_images(frames, shape)
+        probabilities = predict_probabilities(model, small, size_multiple=size_multiple, activation=activation,
+                                              device=device, amp=amp, batch_size=batch_size, max_tile=max_tile,
+                                              tile_overlap=tile_overlap, show_progress=show_progress)
+        return resample.resize_probabilities(probabilities, (height, width))
     multiple = _positive_int("size_multiple", size_multiple)
     batch_size = _positive_int("batch_size", batch_size)
     if activation not in ("softmax", "sigmoid"):

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load, save_file
 from torch import nn
 
+from celltune.data_prep.errors import UserInputError
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.data import (
     ValidationFrame,
@@ -183,6 +184,9 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     if needs.target_kind != kind:
         raise ValueError(f"loss {config.loss.name!r} needs {needs.target_kind} targets but model "
                          f"{config.model.name!r} predicts {kind}")
+    if spec.time_window > 1 and set(config.data.scales.values()) != {1.0}:
+        raise UserInputError(f"model {config.model.name!r} sees time windows, which are not resampled: "
+                             f"data.scale must be 1 (got {config.data.scales})")
     channels_last = config.training.channels_last
     if channels_last is None:
         channels_last = device.type == "cuda"
@@ -256,7 +260,7 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
             if is_chief:
                 scores, examples = evaluate(unwrap(model), validation, kind=kind, size_multiple=spec.size_multiple,
                                             postprocess_params=config.postprocess, device=device,
-                                            autocast_dtype=autocast_dtype)
+                                            autocast_dtype=autocast_dtype, scales=config.data.scales)
                 last.update(scores)
                 if scores.get("seg_mean", -1.0) > best["seg_mean"]:
                     best = {**scores, "best_step": float(step), "best_epoch": float(epoch + 1)}
@@ -306,10 +310,12 @@ def optimizer_step(model: nn.Module, loss_fn, batches: list[dict[str, torch.Tens
 @torch.no_grad()
 def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], *, kind: str, size_multiple: int,
              postprocess_params: Mapping[str, Any], device: torch.device,
-             autocast_dtype: torch.dtype | None = None) -> tuple[dict[str, float], dict[str, tuple]]:
+             autocast_dtype: torch.dtype | None = None,
+             scales: Mapping[str, float] | None = None) -> tuple[dict[str, float], dict[str, tuple]]:
     """Predict every validation frame full-frame, post-process, and score per dataset: CTC SEG, pixel IoU
     (mean over frames), instance precision and recall at IoU 0.5 (counts pooled over frames) and the adapted Rand
-    error (mean over frames with reference cells)."""
+    error (mean over frames with reference cells). A dataset trained at a ``scales`` factor is predicted at it
+    and scored at the original resolution."""
     params = {**DEFAULT_POSTPROCESS_PARAMS[kind], **postprocess_params}
     scores: dict[str, float] = {}
     examples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -321,8 +327,9 @@ def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], 
         for index, frame in enumerate(frames):
             predict, images = ((predict_window_probabilities, frame.window) if frame.window is not None
                                else (predict_probabilities, frame.image))  # time-window models get windows
+            scale = {"scale": (scales or {}).get(name, 1.0)} if frame.window is None else {}
             probs = predict(model, images, size_multiple=size_multiple, activation=activation_for(kind),
-                            device=device, amp=autocast_dtype is not None)[0]
+                            device=device, amp=autocast_dtype is not None, **scale)[0]
             predicted = postprocess(kind, probs, **params)
             part_sum, part_count = seg_counts(frame.labels, predicted)
             jaccard_sum += part_sum
@@ -358,6 +365,7 @@ def _save(directory: Path, config: TrainConfig, model_config: Mapping[str, Any],
         "model": dict(model_config),
         "postprocess": {**DEFAULT_POSTPROCESS_PARAMS[model_config["target_kind"]], **config.postprocess},
         "normalization": config.data.normalization,
+        "scale": config.data.scales,
         "train_config": config.model_dump(mode="json"),
         "step": step, "epoch": epoch, "best": dict(best),
     }
