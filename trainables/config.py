@@ -125,10 +125,16 @@ class OptimizerConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    """`warm_restarts` with t0=100, t_mult=2 restarts at epochs 100, 300, 700 (the paper's schedule)."""
+    """`warm_restarts` with t0=100, t_mult=2 restarts at epochs 100, 300, 700 (the paper's schedule).
 
-    name: Literal["constant", "cosine", "warm_restarts", "step"] = "warm_restarts"
+    `one_cycle` follows the run's progress in steps, or in wall time under `training.max_minutes`, so a run
+    stopped by its time budget has still warmed up and annealed.
+    """
+
+    name: Literal["constant", "cosine", "warm_restarts", "step", "one_cycle"] = "warm_restarts"
     eta_min: float = Field(1e-6, ge=0.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0,
+                                   description="one_cycle: share of the run spent warming up from lr/25 to lr")
     t0: PositiveInt = 100
     t_mult: PositiveInt = 2
     step_size: PositiveInt = 30
@@ -142,6 +148,9 @@ class TrainingConfig(_Strict):
         None, description="minibatches per dataset per epoch; default 20 for several datasets (paper Table 3), "
                           "one pass over the frames for a single dataset")
     eval_every: PositiveInt = 10
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="wall-time budget: the run ends with an evaluation at the first epoch past it "
+                                  "(or after `epochs`, whichever comes first); time spent before a resume counts")
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None

@@ -37,7 +37,7 @@ from celltune.trainables.data import (
 )
 from celltune.trainables.inference import activation_for, predict_probabilities
 from celltune.trainables.losses import build_loss, center_crop, loss_spec
-from celltune.trainables.lr_schedules import build_lr_schedule
+from celltune.trainables.lr_schedules import OneCycleSchedule, build_lr_schedule
 from celltune.trainables.metrics import InstanceScores, seg_counts
 from celltune.trainables.optimizers import build_optimizer
 from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
@@ -208,14 +208,15 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     optimizer = build_optimizer(config.optimizer, unwrap(model).parameters())
     sched = config.scheduler
     schedule = build_lr_schedule(optimizer, sched.name, epochs=config.training.epochs, eta_min=sched.eta_min,
-                                 t0=sched.t0, t_mult=sched.t_mult, step_size=sched.step_size, gamma=sched.gamma)
+                                 t0=sched.t0, t_mult=sched.t_mult, step_size=sched.step_size, gamma=sched.gamma,
+                                 warmup_fraction=sched.warmup_fraction)
 
     # -- resume
-    step, start_epoch, best = 0, 0, {"seg_mean": -1.0}
+    step, start_epoch, best, spent = 0, 0, {"seg_mean": -1.0}, 0.0
     best_state: dict[str, torch.Tensor] | None = None
     resume_dir = context.latest_checkpoint()
     if resume_dir is not None:
-        step, start_epoch, best, best_state = _restore(resume_dir, unwrap(model), optimizer, schedule, scaler)
+        step, start_epoch, best, best_state, spent = _restore(resume_dir, unwrap(model), optimizer, schedule, scaler)
         logger.info("resumed from %s at step %d (epoch %d)", resume_dir, step, start_epoch)
 
     model_config = {**unwrap(model).celltune_config, "target_kind": kind, "size_multiple": spec.size_multiple}
@@ -223,8 +224,10 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
         observer.on_start(config, model_config)
 
     total_steps = steps_per_epoch * config.training.epochs
+    budget = RunBudget(total_steps, config.training.max_minutes, spent_s=spent)
     bar = context.progress_bar(total=total_steps, initial=step, desc="training") if is_chief else None
     last: dict[str, float] = {}
+    epoch = start_epoch - 1  # the last epoch run; none when a resumed run had already finished
     for epoch in range(start_epoch, config.training.epochs):
         model.train()
         epoch_terms: dict[str, float] = {}
@@ -238,6 +241,8 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
             step_terms = optimizer_step(model, loss_fn, batches, optimizer=optimizer, scaler=scaler,
                                         autocast_dtype=autocast_dtype, epoch=epoch if needs.needs_epoch else None)
             step += 1
+            if isinstance(schedule, OneCycleSchedule):
+                schedule.set_progress(budget.progress(step))
             for term, value in step_terms.items():
                 epoch_terms[term] = epoch_terms.get(term, 0.0) + value / steps_per_epoch
             step_records.append((step, {**{f"loss/{k}": v for k, v in step_terms.items()},
@@ -252,7 +257,9 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
             step_records.append((step, {k: v for k, v in last.items() if k != "lr"}))
             observer.on_steps(step_records)  # one write per epoch, every step's values
 
-        is_last = epoch + 1 == config.training.epochs
+        # Every rank stops at the same epoch: the chief's clock decides when a time budget is spent.
+        out_of_time = budget.spent(context)
+        is_last = epoch + 1 == config.training.epochs or out_of_time
         if (epoch + 1) % config.training.eval_every and not is_last:
             continue
         checkpoint_dir: Path | None = None
@@ -273,13 +280,45 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
                                         f"seg_mean {scores['seg_mean']:.3f} (best {best['seg_mean']:.3f})")
                 checkpoint_dir = Path(scratch)
                 _save(checkpoint_dir, config, model_config, unwrap(model), best_state, optimizer, schedule, scaler,
-                      step=step, epoch=epoch + 1, best=best)
+                      step=step, epoch=epoch + 1, best=best, spent_s=budget.elapsed())
             context.report({k: float(v) for k, v in last.items()}, checkpoint_dir)
+        if out_of_time:
+            logger.info("time budget of %g min spent at epoch %d (step %d)", config.training.max_minutes, epoch + 1,
+                        step)
+            break
     if bar is not None:
         bar.close()
     if observer:
         observer.on_end(best)
-    return TrainingResult(step=step, epoch=config.training.epochs, best=best, last=last)
+    return TrainingResult(step=step, epoch=epoch + 1, best=best, last=last)
+
+
+class RunBudget:
+    """How far the run is, in optimizer steps and, under ``training.max_minutes``, in wall time since it began
+    (time before a resume included)."""
+
+    def __init__(self, total_steps: int, max_minutes: float | None, *, spent_s: float = 0.0) -> None:
+        self.total_steps = max(total_steps, 1)
+        self.budget_s = max_minutes * 60 if max_minutes else None
+        self._started = time.monotonic() - spent_s
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def progress(self, step: int) -> float:
+        by_steps = step / self.total_steps
+        return max(by_steps, self.elapsed() / self.budget_s) if self.budget_s else by_steps
+
+    def spent(self, context: WorkerContext) -> bool:
+        """Whether the time budget is used up, as rank 0 sees it (broadcast so that all ranks agree)."""
+        if self.budget_s is None:
+            return False
+        done = self.elapsed() >= self.budget_s
+        if context.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(done)], device=context.device)
+            torch.distributed.broadcast(flag, src=0)
+            done = bool(flag.item())
+        return done
 
 
 def optimizer_step(model: nn.Module, loss_fn, batches: list[dict[str, torch.Tensor]], *, optimizer,
@@ -354,13 +393,13 @@ def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], 
 
 def _save(directory: Path, config: TrainConfig, model_config: Mapping[str, Any], model: nn.Module,
           best_state: Mapping[str, torch.Tensor] | None, optimizer, schedule, scaler, *, step: int, epoch: int,
-          best: Mapping[str, float]) -> None:
+          best: Mapping[str, float], spent_s: float = 0.0) -> None:
     """A checkpoint holds everything to rebuild the run and its best model; weights load without pickle."""
     current = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(current, str(directory / MODEL_FILE))
     save_file({k: v.contiguous() for k, v in (best_state or current).items()}, str(directory / BEST_MODEL_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "epoch": epoch, "best": dict(best)}, directory / STATE_FILE)
+                "step": step, "epoch": epoch, "best": dict(best), "spent_s": float(spent_s)}, directory / STATE_FILE)
     description = {
         "model": dict(model_config),
         "postprocess": {**DEFAULT_POSTPROCESS_PARAMS[model_config["target_kind"]], **config.postprocess},
@@ -384,7 +423,8 @@ def _restore(directory: Path, model: nn.Module, optimizer, schedule, scaler):
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
     best_state = load_weights(directory / BEST_MODEL_FILE)
-    return int(state["step"]), int(state["epoch"]), dict(state["best"]), best_state
+    return (int(state["step"]), int(state["epoch"]), dict(state["best"]), best_state,
+            float(state.get("spent_s", 0.0)))
 
 
 def load_trained_model(checkpoint_dir: Path, *, best: bool = True) -> tuple[nn.Module, dict[str, Any]]:

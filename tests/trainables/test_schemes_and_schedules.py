@@ -80,3 +80,25 @@ def test_step_halves_every_30_epochs_and_constant_stays():
 def test_cosine_ends_near_eta_min():
     lrs = _lrs("cosine", 50, eta_min=1e-6)
     assert lrs[25] == pytest.approx(1e-6 + (1e-4 - 1e-6) * (1 + math.cos(math.pi * 25 / 50)) / 2)
+
+
+def test_one_cycle_warms_up_from_a_25th_peaks_then_anneals_to_eta_min():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = build_lr_schedule(opt, "one_cycle", epochs=1, warmup_fraction=0.2, eta_min=1e-5)
+    lrs = []
+    for step in range(101):
+        schedule.set_progress(step / 100)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-3 / 25)
+    assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) == 20
+    assert all(a <= b for a, b in zip(lrs[:20], lrs[1:21], strict=True))  # rising warm-up
+    assert all(a >= b for a, b in zip(lrs[20:-1], lrs[21:], strict=True))  # falling after
+    assert lrs[-1] == pytest.approx(1e-5)
+    schedule.step()  # the per-epoch hook leaves the rate alone
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+    restored = build_lr_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), "one_cycle",
+                                 epochs=1, warmup_fraction=0.2, eta_min=1e-5)
+    schedule.set_progress(0.5)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
