@@ -59,6 +59,9 @@ class DataConfig(_Strict):
         1.0, description="resample each dataset's frames by this factor (0.5 halves each side) before cropping, so "
                          "cells have a similar size in pixels across datasets; crops are taken at the resampled "
                          "size, validation SEG is scored at the original resolution")
+    ignore_unannotated: bool = Field(
+        True, description="the loss ignores pixels near cells that GT TRA marks but GT SEG leaves unannotated "
+                          "(sparse GT, e.g. Fluo-N2DH-GOWT1), instead of learning them as background")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per dataset")
     cache_in_ram: bool = False
 

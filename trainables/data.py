@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from celltune.data_prep import store_format
@@ -111,11 +112,14 @@ class RandomCrops(IterableDataset):
         time_window: frames per sample; above 1 the image is ``(T, 1, h, w)``, the target frame last.
         scale: resampling factor of this stream's frames (see :mod:`celltune.trainables.resample`): the crop and
             margin are in resampled pixels, read from ``1 / scale`` times as many original pixels.
+        ignore_unannotated: also yield ``valid``, a mask that is 0 around cells that GT TRA marks but GT SEG leaves
+            unannotated (sparse GT such as Fluo-N2DH-GOWT1's), so the loss does not teach them as background.
     """
 
     def __init__(self, frames: list[FrameRef], *, crop: int, margin: int, target_kind: str, weights: bool,
                  normalization: str, augment: AugmentConfig, seed: int, cache_bytes: int = 0,
-                 foreground_p: float = 0.0, time_window: int = 1, scale: float = 1.0) -> None:
+                 foreground_p: float = 0.0, time_window: int = 1, scale: float = 1.0,
+                 ignore_unannotated: bool = False) -> None:
         super().__init__()
         if not frames:
             raise UserInputError("a training stream has no frames")
@@ -135,6 +139,8 @@ class RandomCrops(IterableDataset):
         self.foreground_p = foreground_p
         self.time_window = time_window
         self.scale = float(scale)
+        self.ignore_unannotated = ignore_unannotated
+        self._unannotated: dict[FrameRef, np.ndarray | None] = {}
         self._readers: dict[tuple[str, str], SequenceReader] = {}
         self._foreground: dict[FrameRef, tuple[int, np.ndarray]] = {}
 
@@ -167,6 +173,8 @@ class RandomCrops(IterableDataset):
         window = (y0 - context, x0 - context, read)
         arrays = {"image": self._images(reader, frame, window)}
         arrays.update(self._targets(reader, frame, window))
+        if self.ignore_unannotated:
+            arrays["valid"] = self._valid(reader, frame, window)
         if read != full:
             arrays = {name: self._resample(name, a, (full, full)) for name, a in arrays.items()}
         if warp is not None:
@@ -189,7 +197,7 @@ class RandomCrops(IterableDataset):
         """A window read at the original resolution, brought to the resampled size (classes kept crisp)."""
         if name == "image":
             return resample.resize_images(array, shape)
-        if name == "labels":
+        if name in ("labels", "valid"):
             return resample.resize_labels(array, shape)
         if name == "weight":
             return resample.resize_images(array, shape)
@@ -235,6 +243,38 @@ class RandomCrops(IterableDataset):
         self._foreground[frame] = (stride, points)
         return stride, points
 
+    def _valid(self, reader: SequenceReader, frame: FrameRef, window: tuple[int, int, int]) -> np.ndarray:
+        """``(1, s, s)`` float mask: 0 where the loss ignores pixels near unannotated cells, else 1."""
+        ignored = self._unannotated_region(frame, reader)
+        y0, x0, side = window
+        if ignored is None:
+            return np.ones((1, side, side), np.float32)
+        height, width = ignored.shape
+        top, left = max(y0, 0), max(x0, 0)
+        inner = ignored[top : min(y0 + side, height), left : min(x0 + side, width)]
+        pads = ((top - y0, y0 + side - min(y0 + side, height)), (left - x0, x0 + side - min(x0 + side, width)))
+        if any(p for pair in pads for p in pair):
+            inner = np.pad(inner, pads, mode="symmetric")
+        return (~inner).astype(np.float32)[None]
+
+    def _unannotated_region(self, frame: FrameRef, reader: SequenceReader) -> np.ndarray | None:
+        """The frame's pixels near cells with a GT TRA marker but no GT SEG label (None: there are none).
+
+        Computed once per frame from whole-frame reads and kept: a marker counts as unannotated when less than half
+        of it lies on SEG labels; its region is the marker grown by half the markers' median radius, less the
+        annotated cells. ST labels are complete by construction, so only GT frames are checked.
+        """
+        if frame in self._unannotated:
+            return self._unannotated[frame]
+        region = None
+        if frame.source == "gt" and reader.has("tra"):
+            height, width = reader.frame_shape[-2:]
+            markers = reader.crop("tra", frame.t, 0, 0, height, width, z=frame.z)
+            labels = reader.crop("gt_seg", frame.t, 0, 0, height, width, z=frame.z)
+            region = unannotated_region(markers, labels)
+        self._unannotated[frame] = region
+        return region
+
     def _images(self, reader: SequenceReader, frame: FrameRef, window: tuple[int, int, int]) -> np.ndarray:
         """``(1, s, s)``, or ``(T, 1, s, s)`` for a time window: frames t-T+1..t, clamped to the sequence start."""
         if self.time_window == 1:
@@ -259,6 +299,24 @@ class RandomCrops(IterableDataset):
         if self.weights:
             out["labels"] = _padded_crop(reader, f"{source}_seg", frame, *window)
         return out
+
+
+def unannotated_region(markers: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """Pixels near cells that TRA ``markers`` mark but SEG ``labels`` leave unannotated, or None when every
+    marked cell is annotated; see :meth:`RandomCrops._unannotated_region`."""
+    ids, inverse = np.unique(markers, return_inverse=True)
+    inverse = inverse.reshape(markers.shape)
+    if ids.size <= 1 and (ids.size == 0 or ids[0] == 0):
+        return None
+    sizes = np.bincount(inverse.ravel(), minlength=ids.size)
+    on_labels = np.bincount(inverse.ravel(), weights=(labels > 0).ravel(), minlength=ids.size)
+    missing = (ids != 0) & (on_labels < 0.5 * sizes)
+    if not missing.any():
+        return None
+    radius = max(2, round(0.5 * math.sqrt(float(np.median(sizes[ids != 0])) / math.pi)))
+    grown = ndimage.binary_dilation(missing[inverse], structure=ndimage.generate_binary_structure(2, 1),
+                                    iterations=radius)
+    return grown & (labels == 0)
 
 
 def _warp(name: str, array: np.ndarray, warp: Warp) -> np.ndarray:
@@ -315,7 +373,8 @@ class TrainingStreams:
             crops[name] = crop_size_for(data.crop_for(name), frames, readers, size_multiple, data.scale_for(name))
         common = dict(margin=margin, target_kind=target_kind, weights=weights, normalization=data.normalization,
                       augment=data.augment, cache_bytes=CACHE_BYTES_PER_SEQUENCE if data.cache_in_ram else 0,
-                      foreground_p=data.foreground_crop_p, time_window=time_window)
+                      foreground_p=data.foreground_crop_p, time_window=time_window,
+                      ignore_unannotated=data.ignore_unannotated)
         if pooled:
             if len(set(data.scales.values())) > 1:
                 raise UserInputError(f"scheme mix pools every dataset into one stream and needs one data.scale for "

@@ -337,7 +337,7 @@ def optimizer_step(model: nn.Module, loss_fn, batches: list[dict[str, torch.Tens
         with maybe_no_sync(model, skip_sync=position < len(batches) - 1):
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(batch["image"])
-            out = loss_fn(logits, batch["target"], batch.get("weight"), epoch=epoch)
+            out = loss_fn(logits, batch["target"], batch.get("weight"), valid=batch.get("valid"), epoch=epoch)
             scaler.scale(out.total).backward()
         for term, value in out.floats().items():
             terms[term] = terms.get(term, 0.0) + value
