@@ -9,7 +9,8 @@ A space file names the training settings to tune as dotted key paths into
     base_config: {data: {...}, ...}   # the base training config inline (not both; the caller may pass one)
     objective: {metric: seg_mean, mode: max}
     trials: 4                         # Tune samples
-    early_stopping: {grace_period: 1, reduction_factor: 2}   # ASHA, in evaluations (null: no early stopping)
+    early_stopping: {grace_period: 1, reduction_factor: 2}   # ASHA, in evaluations (null: no early stopping);
+                                      # grace_minutes instead when trials have training.max_minutes
     parameters:
       data.crop: {choice: [64, 96]}
       optimizer.lr: {loguniform: [1.0e-4, 1.0e-3]}
@@ -199,9 +200,14 @@ class Objective(_Strict):
 
 
 class EarlyStopping(_Strict):
-    """ASHA settings counted in evaluations (one reported result per ``training.eval_every`` epochs)."""
+    """ASHA settings counted in evaluations (one reported result per ``training.eval_every`` epochs), or in
+    minutes of training when the base config gives trials a wall-time budget (``training.max_minutes``): trials
+    are then compared at equal time, not at equal evaluation counts that slower trials reach later."""
 
     grace_period: PositiveInt = 1
+    grace_minutes: float | None = Field(
+        None, gt=0.0, description="for time-budgeted trials: minutes before the first cut (default: a quarter of "
+                                  "the budget)")
     reduction_factor: float = Field(2.0, gt=1.0)
 
 

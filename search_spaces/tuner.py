@@ -90,6 +90,17 @@ def evaluations_per_trial(config: TrainConfig) -> int:
     return training.epochs // training.eval_every + (1 if training.epochs % training.eval_every else 0)
 
 
+def asha_units(config: TrainConfig, early_stopping) -> dict[str, Any]:
+    """ASHA's clock: evaluations, or seconds of training for trials with a wall-time budget (compared at equal
+    time; ``grace_minutes`` defaults to a quarter of the budget)."""
+    if config.training.max_minutes:
+        budget = config.training.max_minutes * 60
+        grace = early_stopping.grace_minutes * 60 if early_stopping.grace_minutes else budget / 4
+        return {"time_attr": "time_total_s", "max_t": round(budget), "grace_period": max(1, round(min(grace, budget)))}
+    max_t = evaluations_per_trial(config)
+    return {"time_attr": "training_iteration", "max_t": max_t, "grace_period": min(early_stopping.grace_period, max_t)}
+
+
 def run_trial(sample: dict[str, Any], *, base_tree: dict[str, Any], hooks: TrialHooks | None,
               storage_path: str, search_name: str) -> None:
     """The Tune function trainable: one training run of the sampled config."""
@@ -205,13 +216,13 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
     searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     max_t = evaluations_per_trial(base)
     if space.early_stopping is not None and settings.early_stopping:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                  grace_period=min(space.early_stopping.grace_period, max_t),
+        scheduler = ASHAScheduler(**asha_units(base, space.early_stopping),
                                   reduction_factor=space.early_stopping.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    logger.info("search %s: %d trials, up to %d at once, %d evaluations per full trial", settings.name,
-                settings.trials, concurrency, max_t)
+    budget = f", {base.training.max_minutes:g} min each" if base.training.max_minutes else ""
+    logger.info("search %s: %d trials, up to %d at once, %d evaluations per full trial%s", settings.name,
+                settings.trials, concurrency, max_t, budget)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=objective.metric, mode=objective.mode, search_alg=searcher,

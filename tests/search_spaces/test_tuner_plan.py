@@ -34,3 +34,15 @@ def test_concurrency_is_what_the_cluster_holds(footprint, available, trials, exp
 
 def test_asha_counts_evaluations_including_an_off_cycle_last_epoch():
     assert evaluations_per_trial(_config()) == 4  # epochs 3, 6, 9 and the last one, 10
+
+
+def test_time_budgeted_trials_are_compared_at_equal_minutes_not_equal_evaluations():
+    from celltune.search_spaces.space import EarlyStopping
+    from celltune.search_spaces.tuner import asha_units
+
+    stopping = EarlyStopping(grace_period=2)
+    assert asha_units(_config(), stopping) == {"time_attr": "training_iteration", "max_t": 4, "grace_period": 2}
+    timed = TrainConfig.model_validate({"data": {"stores": ["/s/A.zarr"]},
+                                        "training": {"epochs": 1000, "max_minutes": 8}})
+    assert asha_units(timed, stopping) == {"time_attr": "time_total_s", "max_t": 480, "grace_period": 120}
+    assert asha_units(timed, EarlyStopping(grace_minutes=3))["grace_period"] == 180
