@@ -47,7 +47,6 @@ DEFAULT_MAX_TILE = 1024  # frames with a padded side above this are tiled (predi
 DEFAULT_BATCH_SIZE = 4
 RAW_CACHE_BYTES = 1 << 30  # decoded frames kept from the statistics pass for inference; re-read above this
 TRACKING_KEYS = ("max_displacement", "min_overlap", "divisions", "spacing")
-NORMALIZATIONS = ("minmax", "percentile")
 _FRAME_RE = re.compile(r"^t(\d{3,4})\.tiff?$")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 # CTC dataset names carry the dimensionality: DIC-C2DH-HeLa, Fluo-N3DH-CE, PhC-C2DL-PSC, ...
@@ -463,7 +462,7 @@ def iter_predict_sequence(
 
     See :func:`predict_sequence` for the arguments.
     """
-    from celltune.trainables.data import normalize
+    from celltune.trainables.data import NORMALIZATIONS, normalize
     from celltune.trainables.inference import activation_for, predict_probabilities
     from celltune.trainables.postprocess import postprocess
     from celltune.trainables.temporal_inference import predict_sequence_probabilities

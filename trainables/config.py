@@ -50,7 +50,7 @@ class DataConfig(_Strict):
     crop: CropSize | dict[str, CropSize] = 256
     batch_size: PositiveInt | dict[str, PositiveInt] = 8
     pad: int | None = Field(None, ge=0, description="reflection padding per side; default 8 (16 for 6 stages)")
-    normalization: Literal["minmax", "percentile"] = "minmax"
+    normalization: Literal["minmax", "percentile", "log"] = "minmax"
     augment: AugmentConfig = AugmentConfig()
     foreground_crop_p: float = Field(0.0, ge=0.0, le=1.0,
                                      description="probability that a crop is centred on an annotated cell pixel "

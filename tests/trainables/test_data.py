@@ -113,3 +113,8 @@ def test_normalization_methods():
     image = np.array([10, 20, 60, 110], np.uint16)
     np.testing.assert_allclose(normalize(image, stats, "minmax"), [0.0, 0.1, 0.5, 1.0])
     np.testing.assert_allclose(normalize(image, stats, "percentile"), [0.0, 0.0, 1.0, 1.0])
+    expected = np.log1p([0.0, 10.0, 50.0, 100.0]) / np.log1p(100.0)
+    np.testing.assert_allclose(normalize(image, stats, "log"), expected, rtol=1e-6)
+    # log lifts the dim end: a cell 2 above a background at min keeps 10x the share of the range minmax gives it
+    dim = normalize(np.array([10, 12], np.uint16), stats, "log")
+    assert dim[1] - dim[0] > 10 * 0.02
