@@ -35,6 +35,7 @@ from celltune.platform.tracking import (
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
+    asha_units,
     build_tuner,
     checkpoint_of,
     concurrency_for,
@@ -179,7 +180,9 @@ def search_plan(space: SearchSpace, settings: SearchSettings, available: Mapping
         "per_trial": {"function": trial_resources(base), "occupies": trial_footprint(base)},
         "concurrency": settings.max_concurrent or concurrency_for(trial_footprint(base), available, settings.trials),
         "evaluations_per_trial": evaluations_per_trial(base),
+        "minutes_per_trial": base.training.max_minutes,
         "early_stopping": space.early_stopping.model_dump() if space.early_stopping else None,
+        "asha": asha_units(base, space.early_stopping) if space.early_stopping else None,
         "postprocess_study": {"trials": space.postprocess.trials, "parameters": space.postprocess.parameters.keys()}
         if space.postprocess else None,
         "storage": experiment_path(settings),

@@ -68,7 +68,8 @@ def mask_secrets(value: Any, secrets: set[str] | None = None) -> Any:
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "",
                    secrets: set[str] | None = None) -> dict[str, str]:
-    """Flatten a nested config into dotted MLflow params, masking any secret value that appears in one."""
+    """Flatten a nested config into dotted MLflow params, masking any secret value that appears in one; keys
+    are made names MLflow accepts as for metrics (a per-dataset setting for ``Fluo-N2DH-SIM+``)."""
     secrets = secret_values() if secrets is None else secrets
     flat: dict[str, str] = {}
     for key, value in tree.items():
@@ -80,7 +81,7 @@ def flatten_params(tree: Mapping[str, Any], prefix: str = "",
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        flat[name] = text[:MAX_PARAM_LENGTH]
+        flat[metric_name(name)] = text[:MAX_PARAM_LENGTH]  # per-dataset keys: data.scale.Fluo-N2DH-SIMplus
     return flat
 
 

@@ -49,3 +49,19 @@ def demo_stores(tmp_path_factory) -> Path:
     paths = DemoPaths(root)
     assert all((paths.stores / f"{spec['name']}.zarr").is_dir() for spec in DEMO_DATASETS)
     return paths.stores
+
+
+@pytest.fixture(scope="session")
+def real_out(ctc_data_dir: Path, tmp_path_factory, ray_session) -> tuple[Path, float]:
+    """The three real datasets converted once for the whole test session (about 200 MB of TIFFs): the stores
+    folder and the seconds it took."""
+    import time
+
+    from celltune.data_prep.prep import prep_datasets
+
+    out = tmp_path_factory.mktemp("real_stores")
+    start = time.perf_counter()
+    report = prep_datasets(ctc_data_dir, out, datasets=list(REAL_DATASETS), show_progress=False)
+    seconds = time.perf_counter() - start
+    assert sorted(report.converted) == sorted(REAL_DATASETS)
+    return out, seconds

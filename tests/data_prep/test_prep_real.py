@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,6 @@ pytestmark = [pytest.mark.real_data, pytest.mark.ray, pytest.mark.slow]
 
 DATASETS = ("DIC-C2DH-HeLa", "Fluo-N2DH-GOWT1", "Fluo-N2DH-SIM+")
 SEQUENCES = [(ds, seq) for ds in DATASETS for seq in ("01", "02")]
-
-
-@pytest.fixture(scope="session")
-def real_out(ctc_data_dir: Path, tmp_path_factory, ray_session) -> tuple[Path, float]:
-    """Convert the three datasets once for the whole test session (about 200 MB of TIFFs)."""
-    out = tmp_path_factory.mktemp("real_stores")
-    start = time.perf_counter()
-    report = prep_datasets(ctc_data_dir, out, datasets=list(DATASETS), show_progress=False)
-    seconds = time.perf_counter() - start
-    assert sorted(report.converted) == sorted(DATASETS)
-    return out, seconds
 
 
 def _names(folder: Path, prefix: str) -> list[int]:

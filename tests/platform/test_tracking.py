@@ -6,6 +6,11 @@ import pytest
 from celltune.platform.tracking import MASK, RunLogger, default_tracking_uri, flatten_params, secret_values
 
 
+def test_per_dataset_keys_become_names_mlflow_accepts():
+    flat = flatten_params({"data": {"scale": {"Fluo-N2DH-SIM+": 0.5, "DIC-C2DH-HeLa": 0.25}}}, secrets=set())
+    assert flat == {"data.scale.Fluo-N2DH-SIMplus": "0.5", "data.scale.DIC-C2DH-HeLa": "0.25"}
+
+
 def test_flatten_params_dots_nested_keys():
     flat = flatten_params({"model": {"name": "xbnet", "options": {"width": 16}}, "seed": 3, "empty": {}},
                           secrets=set())
