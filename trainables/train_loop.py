@@ -233,11 +233,14 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
         epoch_terms: dict[str, float] = {}
         step_records: list[tuple[int, dict[str, float]]] = []
         started = time.perf_counter()
+        waited = 0.0  # seconds spent waiting for batches: the loader starves the step when this share is high
         for _ in range(steps_per_epoch):
             draws = micro_batches(config.training.scheme, step, n_datasets=len(names), seed=config.training.seed,
                                   steps_per_epoch=steps_per_epoch, epochs=config.training.epochs)
+            fetch = time.perf_counter()
             batches = [crop_to_output(streams.next(POOLED if index == POOLED else names[index], device),
                                       spec.output_crop) for index in draws]
+            waited += time.perf_counter() - fetch
             step_terms = optimizer_step(model, loss_fn, batches, optimizer=optimizer, scaler=scaler,
                                         autocast_dtype=autocast_dtype, epoch=epoch if needs.needs_epoch else None)
             step += 1
@@ -251,8 +254,9 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
                 bar.update(1)
         schedule.step()
         last = {f"epoch_loss/{k}": v for k, v in epoch_terms.items()}
+        seconds = max(time.perf_counter() - started, 1e-9)
         last.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1, step=step,
-                    steps_per_second=steps_per_epoch / max(time.perf_counter() - started, 1e-9))
+                    steps_per_second=steps_per_epoch / seconds, data_wait_share=waited / seconds)
         if observer:
             step_records.append((step, {k: v for k, v in last.items() if k != "lr"}))
             observer.on_steps(step_records)  # one write per epoch, every step's values

@@ -39,5 +39,6 @@ def test_a_run_stops_at_the_first_epoch_past_its_budget_with_one_evaluation(demo
     assert len(reports) == 1
     _, metrics, spent = reports[0]
     assert "seg_mean" in metrics and metrics["epoch"] == result.epoch
+    assert 0.0 < metrics["data_wait_share"] < 1.0  # the share of the epoch spent waiting for batches
     assert spent >= 0.03 * 60  # the checkpoint carries the time spent, for a resume to count it
     assert metrics["lr"] == pytest.approx(1e-6, rel=1e-3)  # annealed to eta_min by the budget's end
