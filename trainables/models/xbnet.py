@@ -17,7 +17,7 @@ from celltune.trainables.layers.dense import ResidualDenseBlock
 from celltune.trainables.layers.padding import check_size_multiple
 from celltune.trainables.layers.upsample import PixelShuffleUp
 from celltune.trainables.models._options import check_int
-from celltune.trainables.registry import OUT_CHANNELS, register_model
+from celltune.trainables.registry import OUT_CHANNELS, TargetKind, register_model
 
 SIZE_MULTIPLE = 16  # four down-samplings
 
@@ -90,7 +90,8 @@ class XBNet(nn.Module):
         return self.head(x)
 
 
-@register_model(target_kind="tertiary", size_multiple=SIZE_MULTIPLE)
-def xbnet(*, width: int = 32) -> XBNet:
-    """XB-Net as published (width 32); see `XBNet`."""
-    return XBNet(in_channels=1, out_channels=OUT_CHANNELS["tertiary"], width=width)
+@register_model(size_multiple=SIZE_MULTIPLE)
+def xbnet(*, width: int = 32, target_kind: TargetKind = "tertiary") -> XBNet:
+    """XB-Net as published (width 32, tertiary head); see `XBNet`. ``target_kind="mask_marker"`` swaps the head for
+    U-SE-ResNet's two sigmoid channels (cell mask and marker, separated by watershed)."""
+    return XBNet(in_channels=1, out_channels=OUT_CHANNELS[target_kind], width=width)
