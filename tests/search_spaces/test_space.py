@@ -39,7 +39,8 @@ def load_error(path: Path) -> str:
 
 
 def test_shipped_spaces_are_the_package_data_files():
-    assert set(shipped_spaces()) == {"xbnet_training", "unet_modules", "architectures", "binary_baseline", "demo"}
+    assert set(shipped_spaces()) == {"xbnet_training", "unet_modules", "architectures", "binary_baseline", "demo",
+                                     "cpu_universal"}
     for name, path in shipped_spaces().items():
         assert path.parent.name == "search_spaces" and path.name == f"{name}.yaml"
 
