@@ -78,7 +78,8 @@ def test_unknown_model_suggests_close_names():
 def test_unknown_option_suggests_close_options():
     with pytest.raises(UserInputError, match=r"model 'unet': unknown option 'widht'; did you mean 'width'\?"):
         build_model("unet", widht=8)
-    with pytest.raises(UserInputError, match=r"model 'xbnet': unknown option 'stages' \(available: target_kind, width\)"):
+    with pytest.raises(UserInputError,
+                       match=r"model 'xbnet': unknown option 'stages' \(available: target_kind, width\)"):
         build_model("xbnet", stages=6)
 
 
