@@ -253,6 +253,9 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
             if bar is not None:
                 bar.update(1)
         schedule.step()
+        if bar is not None and budget.budget_s:  # a time budget ends the run first: its steps, for the ETA
+            bar.total = max(step, min(total_steps, round(step / max(budget.progress(step), 1e-9))))
+            bar.refresh()
         last = {f"epoch_loss/{k}": v for k, v in epoch_terms.items()}
         seconds = max(time.perf_counter() - started, 1e-9)
         last.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1, step=step,
