@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,48 @@ def real_out(ctc_data_dir: Path, tmp_path_factory, ray_session) -> tuple[Path, f
     seconds = time.perf_counter() - start
     assert sorted(report.converted) == sorted(REAL_DATASETS)
     return out, seconds
+
+
+@dataclass
+class TrainedInTest:
+    """What a test-sized training run told its observer, and where its last checkpoint was copied."""
+
+    result: object
+    checkpoint: Path
+    losses: list[float] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    examples: dict[str, tuple] = field(default_factory=dict)
+
+
+@pytest.fixture
+def train_in_test(tmp_path: Path):
+    """Train a config in this process (no Ray, no MLflow), recording losses, the last evaluation's scores and
+    examples, and copying the last checkpoint to ``tmp_path/checkpoint``."""
+    import shutil
+
+    from tqdm import tqdm
+
+    from celltune.trainables.train_loop import WorkerContext, train
+
+    def run(config) -> TrainedInTest:
+        run = TrainedInTest(result=None, checkpoint=tmp_path / "checkpoint")
+
+        class Observer:
+            def on_start(self, config, model_config): ...
+            def on_steps(self, records): run.losses.extend(v["loss/total"] for _, v in records if "loss/total" in v)
+            def on_end(self, best): ...
+
+            def on_evaluation(self, step, epoch, metrics, examples):
+                run.scores.update(metrics)
+                run.examples.update(examples)
+
+        def keep(metrics, checkpoint):
+            if checkpoint is not None:
+                shutil.rmtree(run.checkpoint, ignore_errors=True)
+                shutil.copytree(checkpoint, run.checkpoint)
+
+        context = WorkerContext(report=keep, progress_bar=lambda total, initial, desc: tqdm(disable=True))
+        run.result = train(config, context, Observer())
+        return run
+
+    return run

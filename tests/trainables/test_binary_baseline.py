@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.losses import build_loss, frequency_class_weights, loss_spec
 from celltune.trainables.postprocess import binary_to_instances, postprocess
-from celltune.trainables.train_loop import WorkerContext, load_trained_model, train
+from celltune.trainables.train_loop import load_trained_model
 
 
 def _logits(foreground_probs: list[float]) -> torch.Tensor:
@@ -156,26 +155,10 @@ def test_binary_unet_with_freq_ce_is_a_consistent_config():
 
 @pytest.mark.slow
 @pytest.mark.ray  # the demo_stores fixture prepares its stores with Ray
-def test_binary_unet_trains_on_the_demo_data(demo_stores: Path, tmp_path: Path):
+def test_binary_unet_trains_on_the_demo_data(demo_stores: Path, train_in_test):
     config = _config([str(demo_stores / "Synth-Round.zarr"), str(demo_stores / "Synth-Dense.zarr")])
-    saved = tmp_path / "checkpoint"
-    losses: list[float] = []
-    scores: dict[str, float] = {}
-
-    class Observer:
-        def on_start(self, config, model_config): ...
-        def on_steps(self, records): losses.extend(v["loss/total"] for _, v in records if "loss/total" in v)
-        def on_evaluation(self, step, epoch, metrics, examples): scores.update(metrics)
-        def on_end(self, best): ...
-
-    def keep(metrics, checkpoint):
-        if checkpoint is not None:
-            shutil.copytree(checkpoint, saved)
-
-    from tqdm import tqdm
-
-    result = train(config, WorkerContext(report=keep, progress_bar=lambda total, initial, desc: tqdm(disable=True)),
-                   Observer())
+    run = train_in_test(config)
+    result, losses, scores, saved = run.result, run.losses, run.scores, run.checkpoint
     assert result.step == 4 and len(losses) == 4
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert {"seg/Synth-Round", "seg/Synth-Dense"} <= scores.keys()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from pydantic import ValidationError
 
 from celltune.trainables.config import OptimizerConfig, TrainConfig
 from celltune.trainables.optimizers import build_optimizer
-from celltune.trainables.train_loop import STATE_FILE, WorkerContext, train
+from celltune.trainables.train_loop import STATE_FILE
 
 
 def _steps(config: OptimizerConfig, steps: int, loss=lambda x: 0.5 * x**2) -> list[float]:
@@ -90,7 +89,7 @@ def test_settings_the_chosen_optimizer_ignores_are_warned_about(caplog):
 
 
 @pytest.mark.ray  # the demo_stores fixture prepares its stores with Ray
-def test_sgd_trains_on_the_demo_data(demo_stores: Path, tmp_path: Path):
+def test_sgd_trains_on_the_demo_data(demo_stores: Path, train_in_test):
     config = TrainConfig.model_validate({
         "data": {"stores": [str(demo_stores / "Synth-Round.zarr"), str(demo_stores / "Synth-Dense.zarr")],
                  "configuration": "all-st", "crop": 32, "batch_size": 2},
@@ -99,23 +98,8 @@ def test_sgd_trains_on_the_demo_data(demo_stores: Path, tmp_path: Path):
         "scheduler": {"name": "constant"},
         "training": {"epochs": 1, "steps_per_epoch": 4, "precision": "fp32"},
     })
-    saved = tmp_path / "checkpoint"
-    losses: list[float] = []
-
-    class Observer:
-        def on_start(self, config, model_config): ...
-        def on_steps(self, records): losses.extend(v["loss/total"] for _, v in records if "loss/total" in v)
-        def on_evaluation(self, step, epoch, metrics, examples): ...
-        def on_end(self, best): ...
-
-    def keep(metrics, checkpoint):
-        if checkpoint is not None:
-            shutil.copytree(checkpoint, saved)
-
-    from tqdm import tqdm
-
-    result = train(config, WorkerContext(report=keep, progress_bar=lambda total, initial, desc: tqdm(disable=True)),
-                   Observer())
+    run = train_in_test(config)
+    result, losses, saved = run.result, run.losses, run.checkpoint
     assert result.step == 4 and all(np.isfinite(losses)) and losses[-1] < losses[0]
     state = torch.load(saved / STATE_FILE, weights_only=True)["optimizer"]
     assert state["param_groups"][0]["momentum"] == 0.9

@@ -3,7 +3,7 @@ original window, predictions at the input size, and models that carry their fact
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ def test_a_crop_at_half_scale_is_the_resampled_original_window(demo_stores: Path
 
 
 @pytest.mark.ray
-def test_training_at_a_scale_scores_at_the_original_resolution_and_records_the_factor(demo_stores, tmp_path):
+def test_training_at_a_scale_scores_at_the_original_resolution_and_records_the_factor(demo_stores, train_in_test):
     stores = [str(demo_stores / "Synth-Round.zarr"), str(demo_stores / "Synth-Dense.zarr")]
     config = TrainConfig.model_validate({
         "data": {"stores": stores, "configuration": "all-st", "crop": 32, "batch_size": 2,
@@ -115,30 +115,15 @@ def test_training_at_a_scale_scores_at_the_original_resolution_and_records_the_f
         "model": {"name": "unet", "options": {"width": 8}},
         "training": {"epochs": 1, "steps_per_epoch": 2, "precision": "fp32"},
     })
-    saved = tmp_path / "checkpoint"
-    shapes: list[tuple[int, ...]] = []
-
-    class Observer:
-        def on_start(self, config, model_config): ...
-        def on_steps(self, records): ...
-        def on_evaluation(self, step, epoch, metrics, examples):
-            shapes.extend(examples[name][2].shape == examples[name][1].shape for name in examples)
-        def on_end(self, best): ...
-
-    def keep(metrics, checkpoint):
-        if checkpoint is not None:
-            shutil.copytree(checkpoint, saved)
-
-    from tqdm import tqdm
-
-    result = train(config, WorkerContext(report=keep, progress_bar=lambda total, initial, desc: tqdm(disable=True)),
-                   Observer())
-    assert {"seg/Synth-Round", "seg/Synth-Dense"} <= set(result.best)
-    assert shapes == [True, True]  # predicted labels at the size of the reference labels
-    import json
-
-    assert json.loads((saved / CONFIG_FILE).read_text())["scale"] == {"Synth-Round": 0.5, "Synth-Dense": 1.0}
+    run = train_in_test(config)
+    assert {"seg/Synth-Round", "seg/Synth-Dense"} <= set(run.result.best)
+    # predicted labels at the size of the reference labels
+    assert len(run.examples) == 2
+    assert all(predicted.shape == labels.shape for _, labels, predicted in run.examples.values())
+    assert json.loads((run.checkpoint / CONFIG_FILE).read_text())["scale"] == {"Synth-Round": 0.5, "Synth-Dense": 1.0}
 
     mixed = config.model_copy(update={"training": config.training.model_copy(update={"scheme": "mix"})})
+    from tqdm import tqdm
+
     with pytest.raises(UserInputError, match="scheme mix .* one data.scale"):
         train(mixed, WorkerContext(progress_bar=lambda total, initial, desc: tqdm(disable=True)))
