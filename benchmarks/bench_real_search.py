@@ -107,7 +107,10 @@ def default_space(stores: Path, minutes: float, cores: int):
     base = yaml.safe_load((REPO / "platform" / "configs" / "xbnet_universal.yaml").read_text())
     base["data"]["stores"] = [str(stores / f"{name}.zarr") for name in DATASETS]
     base["data"]["loader_workers"] = 0
-    base["training"].update(epochs=100_000, eval_every=10, max_minutes=minutes, precision="fp32")
+    # The seeds train for the arm's budget less Ray's start and one full-size evaluation, so each ends with its
+    # budget's closing evaluation before the arm's wall clock cuts it.
+    base["training"].update(epochs=100_000, eval_every=10, max_minutes=max(0.85 * minutes, minutes - 4),
+                            precision="fp32")
     base["resources"] = {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
     space_file = Path(tempfile.mkdtemp(prefix="celltune-bench-default-")) / "default.yaml"
     space_file.write_text(yaml.safe_dump({

@@ -1,12 +1,13 @@
 """Universal against individual training at equal budget (Guo et al.'s claim), read back from MLflow.
 
-The universal run is ``celltune train --config platform/configs/cpu_universal.yaml`` (one model, three datasets,
+The universal arm is ``celltune train --config platform/configs/cpu_universal.yaml`` (one model, three datasets,
 ``training.max_minutes``). The individual arm trains the same recipe once per dataset, each for a third of that
-budget, one after the other, with the dataset's own scale, crop and batch from the config. The table prints each
-run's best validation SEG per dataset as logged in MLflow (``best/seg/<dataset>``).
+budget, one after the other, with the dataset's own scale, crop and batch from the config. Both arms run here, one
+after the other (``--reuse-universal`` reads an earlier universal run instead). The table prints each run's best
+validation SEG per dataset as logged in MLflow (``best/seg/<dataset>``).
 
-    .venv/bin/python benchmarks/universal_vs_individual.py --stores stores --universal-run cpu20 \\
-        [--tracking-uri sqlite:///mlflow.db] [--skip-training]
+    .venv/bin/python benchmarks/universal_vs_individual.py --stores stores [--universal-run universal-cpu20] \\
+        [--tracking-uri sqlite:///mlflow.db] [--reuse-universal] [--skip-training]
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def best_seg(client, experiment: str, run_name: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", type=Path, required=True)
-    parser.add_argument("--universal-run", default="cpu20", help="name of the finished universal run")
+    parser.add_argument("--universal-run", default="universal-cpu20", help="name of the universal run")
+    parser.add_argument("--reuse-universal", action="store_true",
+                        help="read the finished universal run named --universal-run instead of training it")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--prefix", default="alone-", help="individual runs are named PREFIX<dataset>")
     parser.add_argument("--skip-training", action="store_true", help="only read the runs back")
@@ -53,11 +56,17 @@ def main() -> None:
     config = yaml.safe_load(CONFIG.read_text())
     datasets = [Path(store).name.removesuffix(".zarr") for store in config["data"]["stores"]]
     minutes = config["training"]["max_minutes"] / len(datasets)
+    stores = args.stores.resolve()
     if not args.skip_training:
-        for dataset in datasets:
+        runs = [(f"{args.prefix}{dataset}", individual_overrides(config, dataset, stores, minutes))
+                for dataset in datasets]
+        if not args.reuse_universal:
+            universal_stores = ", ".join(str(stores / f"{dataset}.zarr") for dataset in datasets)
+            runs.insert(0, (args.universal_run, [f"data.stores=[{universal_stores}]"]))
+        for name, overrides in runs:
             command = [sys.executable, "-m", "celltune.platform", "train", "--config", str(CONFIG),
-                       "--tracking-uri", args.tracking_uri, "--name", f"{args.prefix}{dataset}"]
-            for item in individual_overrides(config, dataset, args.stores.resolve(), minutes):
+                       "--tracking-uri", args.tracking_uri, "--name", name]
+            for item in overrides:
                 command += ["--set", item]
             subprocess.run(command, check=True)
 

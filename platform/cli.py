@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:  # MLflow sets its own loggers to INFO ("Creating initial MLflow database tables...")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # and draws a bar for every model download, a few kB here, that would sit above celltune's own output
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         result = args.handler(args)
     except UserInputError as exc:

@@ -19,6 +19,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="folder of prepared stores, filling the space's <stores> placeholder")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a base-config value, e.g. --set training.epochs=20 (repeatable)")
+    parser.add_argument("--init", default=None, metavar="URI",
+                        help="every trial fine-tunes this model (models:/NAME@ALIAS, models:/NAME/VERSION or a "
+                             "checkpoint folder); the same as --set init.model=URI")
     parser.add_argument("--name", default=None, help="search name (default: search-<space>-<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search given by --name")
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
@@ -45,12 +48,16 @@ def _search(args: argparse.Namespace) -> int:
     if args.trials is not None and args.trials < 1:
         raise UserInputError(f"--trials {args.trials}: needs at least one trial")
     if args.resume:  # Tune restores the search as it started: its trial count, sampler and base config
-        given = [flag for flag, value in (("--set", args.overrides), ("--trials", args.trials is not None),
+        given = [flag for flag, value in (("--set", args.overrides), ("--init", args.init),
+                                          ("--trials", args.trials is not None),
                                           ("--seed", args.seed != 0)) if value]
         if given:
             raise UserInputError(f"--resume continues the search with the settings it started with; leave out "
                                  f"{', '.join(given)}")
-    space = load_space(args.space, overrides=parse_overrides(args.overrides) or None, stores_dir=args.stores)
+    overrides = parse_overrides(args.overrides)
+    if args.init:
+        overrides["init.model"] = args.init
+    space = load_space(args.space, overrides=overrides or None, stores_dir=args.stores)
     if args.dry_run:
         space = resolve_stores(space)
         settings = SearchSettings(storage_path=args.storage, name=args.name or "<name>", seed=args.seed,

@@ -14,6 +14,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, required=True, help="training config YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set training.epochs=10 (repeatable)")
+    parser.add_argument("--init", default=None, metavar="URI",
+                        help="fine-tune: start from this model's weights (models:/NAME@ALIAS, models:/NAME/VERSION "
+                             "or a checkpoint folder; same architecture); see init.freeze_encoder, init.encoder_lr")
     parser.add_argument("--name", default=None, help="run name (default: train-<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue the stopped run given by --name")
     parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
@@ -31,7 +34,8 @@ def _train(args: argparse.Namespace) -> int:
     from celltune.platform.train_run import check_config, dry_run_plan, run_training
     from celltune.trainables.config import TrainConfig
 
-    config = load_config(TrainConfig, args.config, args.overrides)
+    overrides = [*args.overrides, *([f"init.model={args.init}"] if args.init else [])]
+    config = load_config(TrainConfig, args.config, overrides)
     if args.dry_run:
         check_config(config)
         print(json.dumps(dry_run_plan(config), indent=2))

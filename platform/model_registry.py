@@ -251,6 +251,7 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from celltune.platform.fine_tune import provenance_tags
     from celltune.platform.tracking import flatten_params, metric_name
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -285,6 +286,7 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
                                             "per_dataset": description["postprocess_per_dataset"]}, sort_keys=True),
         "celltune.normalization": str(description.get("normalization", "minmax")),
         "celltune.key_settings": json.dumps(key_settings(description.get("train_config", {})), sort_keys=True),
+        **provenance_tags(description.get("train_config") or {}),
         **dict(tags or {}),
     }
     # Tags go in with the version, so a version never exists without them (a resumed search looks for them).

@@ -22,6 +22,7 @@ from typing import Any
 from ray.tune import Callback
 
 from celltune.data_prep.errors import UserInputError
+from celltune.platform.fine_tune import load_parent, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.model_registry import load_model, register_checkpoint
 from celltune.platform.tracking import (
@@ -217,6 +218,7 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     if resume:  # the trials left continue from the base config the search started with (its --set included)
         space = replace(space, base_tree=read_base_tree(settings))
     else:
+        space = _with_parent_weights(space, settings, tracking_uri)
         write_base_tree(settings, space.base_tree)
     connect_ray(address)
 
@@ -250,6 +252,22 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
         raise
     client.set_terminated(parent_run_id, status="FINISHED")
     return result
+
+
+def _with_parent_weights(space: SearchSpace, settings: SearchSettings, tracking_uri: str) -> SearchSpace:
+    """Under ``init``: the parent model checked and its weights written beside the search's state, where every
+    trial reads them (so the storage must be a local or shared folder)."""
+    base = space.base_config()
+    parent = load_parent(base, tracking_uri)
+    if parent is None:
+        return space
+    folder = experiment_path(settings)
+    if "://" in folder:
+        raise UserInputError(f"init.model: a search that fine-tunes needs a folder as --storage (got {folder}), "
+                             "which its trials read the parent's weights from")
+    tree = json.loads(json.dumps(space.base_tree, default=str))
+    tree["init"] = with_parent_weights(base, parent, Path(folder)).init.model_dump(mode="json")
+    return replace(space, base_tree=tree)
 
 
 def _base_tree_location(settings: SearchSettings):
@@ -307,7 +325,8 @@ def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space:
         client.update_run(run_id, status="RUNNING")
         return run_id
     run_id = client.create_run(experiment_id, run_name=name,
-                               tags={"mlflow.runName": name, "celltune.kind": "search", SEARCH_TAG: name}).info.run_id
+                               tags={"mlflow.runName": name, "celltune.kind": "search", SEARCH_TAG: name,
+                                     **provenance_tags(space.base_tree)}).info.run_id
     run = RunLogger(tracking_uri, run_id)
     run.log_params(flatten_params({"search": {"space": space.name, "trials": settings.trials, "seed": settings.seed,
                                               "objective": space.objective.model_dump(),

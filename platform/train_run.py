@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from celltune.data_prep.errors import UserInputError
+from celltune.platform.fine_tune import load_parent, parent_config, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri
 from celltune.trainables.compatibility import check_model_and_loss
@@ -74,6 +75,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
     name = name or time.strftime("train-%Y%m%d-%H%M%S")
     run_folder = storage_path / name
     link_file = run_folder / RUN_LINK_FILE
+    parent = load_parent(config, tracking_uri)  # a bad --init fails here, before anything is written
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     if resume:
         if not link_file.is_file():
@@ -85,12 +87,13 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
             raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
                                  "pass --resume to continue it or choose another name")
         experiment_id = _experiment_id(client, experiment)
-        tags = {"mlflow.runName": name, "celltune.kind": "train"}
+        tags = {"mlflow.runName": name, "celltune.kind": "train", **provenance_tags(parent_config(config, parent))}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         run_folder.mkdir(parents=True)
         _write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracking_uri}))
+    config = with_parent_weights(config, parent, run_folder)
 
     observer = MlflowObserver(RunLogger(tracking_uri, run_id))
     ensure_ray(address)

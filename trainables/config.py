@@ -169,6 +169,27 @@ class ResourcesConfig(_Strict):
         return self.gpus_per_worker > 0
 
 
+class InitConfig(_Strict):
+    """Start from a trained model's weights (fine-tuning) instead of a random initialisation.
+
+    ``model`` is what the user names (``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a checkpoint folder);
+    the driver resolves it, checks the architecture fits, and fills ``weights`` (a local safetensors file the
+    workers read) and ``parent`` (the registered name, version and run, recorded as provenance).
+    """
+
+    model: str = Field(min_length=1, description="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint folder")
+    weights: Path | None = Field(None, description="set by the driver: the resolved weights (safetensors)")
+    parent: dict[str, str] = Field(default_factory=dict, description="set by the driver: name, version, run_id")
+    freeze_encoder: bool = Field(False, description="keep the encoder (entry + encoder stages) as initialised")
+    encoder_lr: float | None = Field(None, gt=0.0, description="learning rate of the encoder (default optimizer.lr)")
+
+    @model_validator(mode="after")
+    def _frozen_has_no_lr(self) -> InitConfig:
+        if self.freeze_encoder and self.encoder_lr is not None:
+            raise ValueError("init.encoder_lr has no effect with init.freeze_encoder: set one of them")
+        return self
+
+
 class TrainConfig(_Strict):
     """A whole training run; `celltune train --config FILE --set key=value` resolves to one of these."""
 
@@ -180,6 +201,7 @@ class TrainConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     postprocess: dict[str, Any] = Field(default_factory=dict, description="thresholds for the model's target kind")
     resources: ResourcesConfig = ResourcesConfig()
+    init: InitConfig | None = Field(None, description="fine-tune from these weights (celltune train --init)")
 
     @field_validator("postprocess")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -24,12 +25,14 @@ OPTIONS_USED: dict[str, frozenset[str]] = {
 }
 
 
-def build_optimizer(config: OptimizerConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(config: OptimizerConfig,
+                    params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]) -> torch.optim.Optimizer:
     """The torch optimizer `config.name` over `params` with the config's settings.
 
     Args:
         config: validated optimizer settings (`name`: "adamw", "adam" or "sgd").
-        params: the model's parameters (of the unwrapped model, so DDP and a single worker build the same state).
+        params: the model's parameters (of the unwrapped model, so DDP and a single worker build the same state),
+            or parameter groups with their own ``lr`` (fine-tuning's encoder group).
 
     Returns:
         `torch.optim.AdamW`, `torch.optim.Adam` or `torch.optim.SGD`.

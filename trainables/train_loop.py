@@ -36,6 +36,7 @@ from celltune.trainables.data import (
     load_validation_frames,
 )
 from celltune.trainables.inference import activation_for, predict_probabilities
+from celltune.trainables.init_weights import load_init_weights, parameter_groups
 from celltune.trainables.losses import build_loss, center_crop, loss_spec
 from celltune.trainables.lr_schedules import OneCycleSchedule, build_lr_schedule
 from celltune.trainables.metrics import InstanceScores, seg_counts
@@ -176,6 +177,8 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     # -- model and loss
     torch.manual_seed(config.training.seed)
     model = build_model(config.model.name, **config.model.options)
+    if config.init is not None:  # fine-tuning: the parent's weights (a resume below replaces them with its own)
+        load_init_weights(model, config.init)
     spec = model.spec
     kind = spec.target_kind
     margin = loss_margin(config.data.pad, spec)  # the loss ignores this border of the model's output
@@ -205,7 +208,7 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     steps_per_epoch = steps_per_epoch_for(config, streams.frames_per_dataset, context.world_size)
 
     # -- optimizer and schedule
-    optimizer = build_optimizer(config.optimizer, unwrap(model).parameters())
+    optimizer = build_optimizer(config.optimizer, parameter_groups(unwrap(model), config.init, config.optimizer.lr))
     sched = config.scheduler
     schedule = build_lr_schedule(optimizer, sched.name, epochs=config.training.epochs, eta_min=sched.eta_min,
                                  t0=sched.t0, t_mult=sched.t_mult, step_size=sched.step_size, gamma=sched.gamma,
