@@ -25,6 +25,8 @@ layouts:
   a dataset:     --res DIR_WITH_NN_RES --gt DIR_WITH_NN_GT  (every NN_RES is scored against NN_GT)
   a model:       --model URI --data DS [--out DIR]  (predicts DS/NN for every DS/NN_GT/TRA, then scores;
                  a registered model's run gets metrics eval/<DS>/<NN>/<MEASURE> and evaluation/<DS>.txt)
+  SEG only:      --model URI --data DS --seg-only  (predicts only the frames with GT SEG, no tracking;
+                 SEG and the instance measures, equal to the full path's SEG)
 """
 
 
@@ -49,6 +51,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="a CTC dataset folder (NN/ with tNNN.tif and NN_GT/TRA)")
     model.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="keep the predicted NN_RES folders here (default: a temporary folder)")
+    model.add_argument("--seg-only", action="store_true",
+                       help="predict only the frames with GT SEG and score SEG (no tracking, DET or TRA)")
     add_model_options(model, progress=False)  # --no-progress is the command's own
     parser.set_defaults(handler=_evaluate)
 
@@ -78,27 +82,36 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     from celltune.platform.cli_predict import prediction_options, split_overrides
     from celltune.platform.model_registry import load_model
     from celltune.platform.predict import check_output
+    from celltune.platform.seg_only import evaluate_seg_only, seg_only_sequences
     from celltune.platform.tracking import default_tracking_uri
 
     if args.model is None or args.data is None:
         raise UserInputError("--model and --data go together (predict DS with the model, then score it)")
     if args.res is not None or args.gt is not None:
         raise UserInputError("--res/--gt score existing results; leave them out with --model/--data")
+    if args.seg_only and (args.no_seg or args.out is not None):
+        raise UserInputError(f"--seg-only scores SEG and writes no result folders; leave out "
+                             f"{'--no-seg' if args.no_seg else '--out'}")
     if args.out is not None:
         check_output(args.out, args.overwrite)
     overrides, tracking = split_overrides(args.overrides)
     options = prediction_options(args, tracking)
-    sources = dataset_sequences(args.data)  # bad data fails before the model loads
+    # bad data fails before the model loads
+    sources = seg_only_sequences(args.data) if args.seg_only else dataset_sequences(args.data)
     tracking_uri = args.tracking_uri or default_tracking_uri()
     loaded = load_model(args.model, tracking_uri)
-    table, summaries = evaluate_model(
-        loaded, args.data, out=args.out, dataset=args.dataset, overrides=overrides, options=options,
-        address=args.address, use_ray=False if args.no_ray else None, overwrite=args.overwrite,
-        seg=False if args.no_seg else None, threads=args.threads, show_progress=not args.no_progress,
-        sources=sources,
-    )
-    for summary in summaries:
-        print(summary.line(folder=args.out is not None))
+    if args.seg_only:
+        table = evaluate_seg_only(loaded, args.data, dataset=args.dataset, overrides=overrides, options=options,
+                                  sources=sources, show_progress=not args.no_progress)
+    else:
+        table, summaries = evaluate_model(
+            loaded, args.data, out=args.out, dataset=args.dataset, overrides=overrides, options=options,
+            address=args.address, use_ray=False if args.no_ray else None, overwrite=args.overwrite,
+            seg=False if args.no_seg else None, threads=args.threads, show_progress=not args.no_progress,
+            sources=sources,
+        )
+        for summary in summaries:
+            print(summary.line(folder=args.out is not None))
     print(table.format())
     _plot(table, args.plots)
     if loaded.ref.run_id is not None:
@@ -181,23 +194,19 @@ def evaluate_model(
     Raises:
         UserInputError: see :func:`dataset_sequences`, ``predict_to_folder`` and ``evaluate_results``.
     """
-    from celltune.platform.cli_predict import thresholds, with_model_scale
     from celltune.platform.evaluate import evaluate_results
-    from celltune.platform.predict import PredictOptions, predict_to_folder
+    from celltune.platform.predict import predict_to_folder
 
     data = Path(data)
     sources = dataset_sequences(data) if sources is None else sources
-    name = dataset or data.resolve().name
-    params = thresholds(loaded, name if dataset is not None or _tuned(loaded, name) else None, overrides or {})
-    known = name in (loaded.description.get("scale") or {})
-    options = with_model_scale(options or PredictOptions(), loaded.description, name if known else dataset)
+    params, options = evaluation_settings(loaded, data, dataset=dataset, overrides=overrides, options=options)
     scratch = None
     if out is None:
         scratch = Path(tempfile.mkdtemp(prefix="celltune-evaluate-"))
         out = scratch / "results"
     try:
         summaries = predict_to_folder(
-            loaded.model, loaded.description, params, data, out, options or PredictOptions(), sources=sources,
+            loaded.model, loaded.description, params, data, out, options, sources=sources,
             collection=True, use_ray=use_ray, address=address, overwrite=overwrite, model_uri=loaded.ref.uri,
             show_progress=show_progress, on_sequence=on_sequence,
         )
@@ -206,6 +215,19 @@ def evaluate_model(
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return table, summaries
+
+
+def evaluation_settings(loaded, data: Path, *, dataset: str | None = None,
+                        overrides: Mapping[str, Any] | None = None, options=None):
+    """The thresholds and ``PredictOptions`` (its scale) ``loaded`` predicts ``data`` with: those tuned for
+    ``dataset`` (default: the folder's name, when the model knows it), with ``overrides`` on top."""
+    from celltune.platform.cli_predict import thresholds, with_model_scale
+    from celltune.platform.predict import PredictOptions
+
+    name = dataset or Path(data).resolve().name
+    params = thresholds(loaded, name if dataset is not None or _tuned(loaded, name) else None, overrides or {})
+    known = name in (loaded.description.get("scale") or {})
+    return params, with_model_scale(options or PredictOptions(), loaded.description, name if known else dataset)
 
 
 def _tuned(loaded, dataset: str) -> bool:

@@ -59,7 +59,8 @@ _MAX_LISTED_PROBLEMS = 3
 
 @dataclass(frozen=True)
 class SequenceScores:
-    """The CTC measures of one sequence (None: not computed, e.g. SEG without GT SEG frames).
+    """The CTC measures of one sequence (None: not computed, e.g. SEG without GT SEG frames, or DET and TRA of a
+    SEG-only evaluation, whose ``frames`` are the GT SEG frames it predicted).
 
     ``details`` holds the AOGM breakdown (``AOGM``, ``AOGM_0``, ``AOGM_NS`` ... ``AOGM_EC``) and any extra
     py-ctcmetrics measure asked for; ``instance`` the instance measures pooled over the GT SEG frames (None
@@ -71,8 +72,8 @@ class SequenceScores:
     gt: Path
     frames: int
     seg: float | None
-    det: float
-    tra: float
+    det: float | None
+    tra: float | None
     op_csb: float | None
     op_ctb: float | None
     details: dict[str, float] = field(default_factory=dict)
@@ -311,7 +312,7 @@ def _has_seg(gt: Path) -> bool:
     return seg.is_dir() and any(_SEG_RE.match(p.name) for p in seg.iterdir())
 
 
-def _read_labels(path: Path) -> np.ndarray:
+def read_labels(path: Path) -> np.ndarray:
     """An integer label image with leading singleton axes dropped (as :func:`_frame_headers` reports shapes)."""
     import tifffile
 
@@ -351,9 +352,9 @@ def instance_scores(res: Path, gt: Path) -> InstanceScores:
         if t not in masks:
             raise UserInputError(f"{path}: no result mask{t:03d}.tif in {res} for this GT SEG frame")
         if cached is None or cached[0] != t:
-            cached = (t, _read_labels(masks[t]))
+            cached = (t, read_labels(masks[t]))
         predicted = cached[1]
-        reference = _read_labels(path)
+        reference = read_labels(path)
         if z is not None:
             if predicted.ndim != reference.ndim + 1 or not 0 <= z < predicted.shape[0]:
                 raise UserInputError(f"{path}: slice {z} of frame {t}, but {masks[t].name} has shape "

@@ -245,7 +245,7 @@ def probe_sequence(source: SequenceSource) -> SequenceProbe:
     return SequenceProbe(len(source.frames), frame, dtype)
 
 
-class _Frames:
+class SequenceFrames:
     """Frame-by-frame access to one sequence, checked for consistent shape and dtype."""
 
     def __init__(self, source: SequenceSource) -> None:
@@ -294,6 +294,22 @@ class _Frames:
         return frame
 
 
+def sequence_stats(frames: SequenceFrames) -> dict[str, float]:
+    """The sequence's intensity statistics (normalization input): data prep's when stored, else computed over
+    every frame exactly as data prep does."""
+    stored = frames.stored_stats()
+    if stored is not None:
+        return stored
+    if frames.num_frames == 0:
+        raise UserInputError(f"{frames.source.where}: no frames")
+    accumulator: IntensityStats | None = None
+    for t in range(frames.num_frames):
+        frame = frames.read(t)
+        accumulator = accumulator or IntensityStats(frame.dtype)
+        accumulator.add(frame)
+    return accumulator.result()
+
+
 # ------------------------------------------------------------------------------------------------ model contract
 
 
@@ -330,7 +346,7 @@ def check_model_fits(description: Mapping[str, Any], ndim: int, where: str, uri:
         raise UserInputError(f"{where}: {ndim}D frames, but {uri} was trained on {trained} data only")
 
 
-def _postprocess_check(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def checked_postprocess_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Thresholds checked up front (names and values), so a typo fails before any inference."""
     from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
     from celltune.trainables.registry import OUT_CHANNELS
@@ -450,6 +466,20 @@ def frames_as_tracks(labels: Sequence[np.ndarray]) -> TrackingResult:
     return TrackingResult(masks=out, tracks=np.array(rows, dtype=np.int64).reshape(-1, 4))
 
 
+def frame_probabilities(model, description: Mapping[str, Any], images: Sequence[np.ndarray], *, scale: float,
+                        options: PredictOptions) -> list[np.ndarray]:
+    """Per-class probabilities ``(C, Y, X)`` or ``(C, Z, Y, X)`` of normalized single frames (2D) or volumes (3D,
+    their z-slices through the 2D network) for a single-frame model."""
+    from celltune.trainables.inference import activation_for, predict_probabilities
+
+    predict = {"size_multiple": int(description["model"]["size_multiple"]),
+               "activation": activation_for(description["model"]["target_kind"]), "device": options.device,
+               "amp": options.amp, "batch_size": options.batch_size, "max_tile": options.max_tile, "scale": scale}
+    if images[0].ndim == 2:
+        return list(predict_probabilities(model, np.stack(images), **predict))
+    return [np.moveaxis(predict_probabilities(model, image, **predict), 1, 0) for image in images]
+
+
 def iter_predict_sequence(
     model,
     description: Mapping[str, Any],
@@ -463,7 +493,7 @@ def iter_predict_sequence(
     See :func:`predict_sequence` for the arguments.
     """
     from celltune.trainables.data import NORMALIZATIONS, normalize
-    from celltune.trainables.inference import activation_for, predict_probabilities
+    from celltune.trainables.inference import activation_for
     from celltune.trainables.postprocess import postprocess
     from celltune.trainables.temporal_inference import predict_sequence_probabilities
 
@@ -474,14 +504,14 @@ def iter_predict_sequence(
     if method not in NORMALIZATIONS:
         raise UserInputError(f"model description: normalization={method!r}; expected one of "
                              f"{', '.join(NORMALIZATIONS)}")
-    params = _postprocess_check(kind, postprocess_params)
+    params = checked_postprocess_params(kind, postprocess_params)
     scale = options.scale if options.scale is not None else model_scale(description)
     time_window = time_window_of(model)
     previous: np.ndarray | None = None  # the frames before this batch, for temporal models' windows
     activation = activation_for(kind)
     timings = {"read": 0.0, "inference": 0.0, "postprocess": 0.0, "tracking": 0.0}
 
-    frames = _Frames(source)
+    frames = SequenceFrames(source)
     cache: dict[int, np.ndarray] = {}  # frames decoded for the statistics, kept for inference up to a budget
     stats = frames.stored_stats()
     if stats is None:  # computed exactly as data prep does, frame by frame
@@ -523,17 +553,8 @@ def iter_predict_sequence(
                 activation=activation, device=options.device, amp=options.amp, batch_size=options.batch_size,
                 max_tile=options.max_tile))
             previous = (batch if previous is None else np.concatenate([previous, batch]))[-(time_window - 1):]
-        elif raw[0].ndim == 2:
-            probs = list(predict_probabilities(model, np.stack(images), size_multiple=size_multiple,
-                                               activation=activation, device=options.device, amp=options.amp,
-                                               batch_size=options.batch_size, max_tile=options.max_tile,
-                                               scale=scale))
-        else:  # a volume: its z-slices through the 2D network, then (C, Z, Y, X) for 3D labelling
-            probs = [np.moveaxis(predict_probabilities(model, image, size_multiple=size_multiple,
-                                                       activation=activation, device=options.device,
-                                                       amp=options.amp, batch_size=options.batch_size,
-                                                       max_tile=options.max_tile, scale=scale), 1, 0)
-                     for image in images]
+        else:
+            probs = frame_probabilities(model, description, images, scale=scale, options=options)
         timings["inference"] += time.perf_counter() - clock
         clock = time.perf_counter()
         for p in probs:
@@ -736,7 +757,7 @@ def predict_to_folder(
         _check_time_window(model, probes[source.name].ndim, source.where)
         if options.track:
             _tracking_check(options.tracking, probes[source.name].ndim)
-    _postprocess_check(description["model"]["target_kind"], postprocess_params)
+    checked_postprocess_params(description["model"]["target_kind"], postprocess_params)
     if use_ray is None:
         use_ray = len(sources) > 1 or address is not None
 

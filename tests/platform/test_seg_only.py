@@ -1,0 +1,120 @@
+"""`celltune evaluate --seg-only` on real data: the same SEG as the full evaluation, from the GT frames only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from celltune.platform.cli import main
+
+_spec = importlib.util.spec_from_file_location("_celltune_predict_helpers", Path(__file__).with_name("test_predict.py"))
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+DATASET = "Fluo-N2DH-GOWT1"
+SEQUENCE = "02"  # 92 frames of 1024x1024, GT SEG on 20 of them
+LAST_FRAME = 25  # the test's copy ends here: 26 frames, GT SEG on frames 1, 22 and 25
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with helpers.one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return helpers.build_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture
+def gowt1(ctc_data_dir: Path, tmp_path: Path) -> Path:
+    """The first 26 frames of GOWT1's sequence 02 as a dataset of its own: frames and GT files linked (not
+    copied) from the shared data, man_track.txt cut at the last frame."""
+    source, folder = ctc_data_dir / DATASET, tmp_path / DATASET
+    for sub in (SEQUENCE, f"{SEQUENCE}_GT/SEG", f"{SEQUENCE}_GT/TRA"):
+        (folder / sub).mkdir(parents=True)
+    for path in (source / SEQUENCE).glob("t*.tif"):
+        if int(path.stem[1:]) <= LAST_FRAME:
+            (folder / SEQUENCE / path.name).symlink_to(path)
+    for kind, prefix in (("SEG", "man_seg"), ("TRA", "man_track")):
+        for path in (source / f"{SEQUENCE}_GT" / kind).glob(f"{prefix}[0-9]*.tif"):
+            if int(path.stem.removeprefix(prefix)) <= LAST_FRAME:
+                (folder / f"{SEQUENCE}_GT" / kind / path.name).symlink_to(path)
+    rows = []
+    for line in (source / f"{SEQUENCE}_GT" / "TRA" / "man_track.txt").read_text().split("\n"):
+        if line.strip():
+            label, begin, end, parent = map(int, line.split())
+            if begin <= LAST_FRAME:
+                rows.append(f"{label} {begin} {min(end, LAST_FRAME)} {parent}")
+    (folder / f"{SEQUENCE}_GT" / "TRA" / "man_track.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_seg_only_equals_the_full_evaluation_on_the_gt_frames_and_predicts_only_them(checkpoint, gowt1,
+                                                                                       monkeypatch, tmp_path):
+    import celltune.platform.predict as predict
+    from celltune.platform.cli_evaluate import evaluate_model
+    from celltune.platform.model_registry import load_model
+    from celltune.platform.seg_only import evaluate_seg_only
+
+    loaded = load_model(str(checkpoint))
+    kept = {"min_area": 300}  # the synthetic-data model's small fragments would make tracking the slow part
+    full, _ = evaluate_model(loaded, gowt1, use_ray=False, threads=1, overrides=kept)
+
+    predicted: list[int] = []
+    real = predict.frame_probabilities
+
+    def counting(model, description, images, **kwargs):
+        predicted.append(len(images))
+        return real(model, description, images, **kwargs)
+
+    monkeypatch.setattr(predict, "frame_probabilities", counting)
+    seg_only = evaluate_seg_only(loaded, gowt1, overrides=kept)
+
+    gt_frames = len(list((gowt1 / f"{SEQUENCE}_GT" / "SEG").glob("man_seg*.tif")))
+    (row,), (full_row,) = seg_only.rows, full.rows
+    assert sum(predicted) == row.frames == gt_frames == 3
+    assert full_row.seg > 0.3  # the model finds GOWT1's nuclei, so equality below compares real matches
+    assert row.seg == pytest.approx(full_row.seg, abs=1e-9)
+    assert row.instance.summary() == full_row.instance.summary()
+    assert (row.det, row.tra) == (None, None)
+
+
+def test_cli_seg_only_prints_seg_and_writes_json(checkpoint, gowt1, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(checkpoint), "--data", str(gowt1), "--seg-only", "--no-progress",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SEG" in printed and "P@0.5" in printed
+    (row,) = json.loads(out.read_text())["sequences"]
+    assert row["sequence"] == SEQUENCE and row["frames"] == 3
+    assert row["DET"] is None and row["TRA"] is None and 0 < row["SEG"] <= 1
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "dataset folder not found"),
+    ("no_seg", "no sequence has GT SEG frames"),
+    ("with_out", "--seg-only scores SEG and writes no result folders; leave out --out"),
+])
+def test_seg_only_bad_input_is_one_line_and_writes_nothing(checkpoint, ctc_data_dir, tmp_path, capsys, case,
+                                                           expected):
+    data = tmp_path / "data"
+    extra: list[str] = []
+    if case == "no_seg":  # GT tracking markers but no SEG folder
+        data.mkdir()
+        (data / SEQUENCE).symlink_to(ctc_data_dir / DATASET / SEQUENCE, target_is_directory=True)
+        (data / f"{SEQUENCE}_GT").mkdir()
+        (data / f"{SEQUENCE}_GT" / "TRA").symlink_to(ctc_data_dir / DATASET / f"{SEQUENCE}_GT" / "TRA",
+                                                     target_is_directory=True)
+    elif case == "with_out":
+        data = ctc_data_dir / DATASET
+        extra = ["--out", str(tmp_path / "res")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["evaluate", "--model", str(checkpoint), "--data", str(data), "--seg-only", "--no-progress", *extra])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
