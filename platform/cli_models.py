@@ -1,4 +1,5 @@
-"""`celltune models`: list, show, compare and promote registered models (MLflow aliases, no stages).
+"""`celltune models`: list, show, compare and promote registered models (MLflow aliases, no stages), and
+report how they transfer to other datasets (``transfer``: SEG per model and dataset).
 
 ``promote`` is the one command that changes anything: it moves an alias (default ``champion``) and records who,
 when, why and the previous holder as ``celltune.promoted.<alias>.*`` tags on the promoted version. It refuses to
@@ -15,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from celltune.data_prep.errors import UserInputError
 
@@ -50,6 +52,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                 help="promote even when the version's seg_mean is below the current holder's")
     promote_parser.add_argument("--reason", default="", help="why, recorded with the promotion")
     promote_parser.set_defaults(handler=_promote)
+    transfer = with_uri(sub.add_parser(
+        "transfer", help="SEG of one or several models on CTC datasets (zero-shot transfer table and heat-map)"))
+    transfer.add_argument("models", nargs="+", metavar="MODEL",
+                          help="NAME@ALIAS, NAME/VERSION (models:/ optional) or a checkpoint folder")
+    transfer.add_argument("--data", type=Path, action="append", required=True, metavar="DS",
+                          help="a CTC dataset folder with NN_GT/SEG (repeatable)")
+    transfer.add_argument("--out", type=Path, default=None, metavar="FILE",
+                          help="also write the table here (.csv or .json)")
+    transfer.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw the heat-map here")
+    transfer.add_argument("--no-log", action="store_true",
+                          help="do not log the table to the registered versions' MLflow runs")
+    transfer.add_argument("--device", default="cpu", help="where the networks run: cpu or cuda (default cpu)")
+    transfer.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames per forward pass")
+    transfer.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a threshold for every model, e.g. --set min_area=40 (repeatable)")
+    transfer.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    transfer.set_defaults(handler=_transfer)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -111,6 +130,64 @@ def _promote(args: argparse.Namespace) -> int:
                      tracking_uri=_tracking_uri(args))
     print(result.message)
     return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from celltune.platform.cli_predict import split_overrides
+    from celltune.platform.model_registry import load_model
+    from celltune.platform.predict import PredictOptions
+    from celltune.platform.transfer import (
+        check_output,
+        dataset_sources,
+        log_transfer,
+        transfer_report,
+        write_heatmap,
+    )
+
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size {args.batch_size}: must be >= 1")
+    check_output(args.out)
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise UserInputError(f"--plot {args.plot}: name a .png file")
+    overrides, tracking = split_overrides(args.overrides)
+    if tracking:
+        raise UserInputError("--set track.*: transfer scores SEG only and does not track")
+    datasets = dataset_sources(args.data)  # bad data fails before any model loads
+    tracking_uri = _tracking_uri(args)
+    labels = [_model_label(model) for model in args.models]
+    if len(set(labels)) != len(labels):
+        raise UserInputError(f"{' '.join(args.models)}: a model is given twice")
+    loaded = {label: load_model(_model_uri(model), tracking_uri) for label, model in zip(labels, args.models,
+                                                                                           strict=True)}
+
+    def report(label: str, dataset: str, score) -> None:
+        seg = "-" if score.seg is None else f"{score.seg:.3f}"
+        print(f"{label} on {dataset}: SEG {seg} over {score.frames} GT frames"
+              + (" (trained on it)" if score.seen else ""), flush=True)
+
+    table = transfer_report(loaded, datasets, overrides=overrides, options=PredictOptions(
+        device=args.device, batch_size=args.batch_size, track=False), show_progress=not args.no_progress,
+        on_score=report)
+    print(table.format())
+    if args.out is not None:
+        print(f"wrote {table.write(args.out)}")
+    if args.plot is not None:
+        print(f"wrote {write_heatmap(table, args.plot)}")
+    if not args.no_log:
+        for label, model in loaded.items():
+            if model.ref.run_id is not None:
+                log_transfer(table, label, run_id=model.ref.run_id, tracking_uri=tracking_uri)
+                print(f"logged to MLflow run {model.ref.run_id} ({model.ref.name} version {model.ref.version})")
+    return 0
+
+
+def _model_uri(model: str) -> str:
+    """A checkpoint folder as given; anything else is a registered model, ``models:/`` optional."""
+    return model if model.startswith("models:/") or Path(model).exists() else f"models:/{model}"
+
+
+def _model_label(model: str) -> str:
+    return Path(model).name if Path(model).exists() else model.removeprefix("models:/")
 
 
 @dataclass(frozen=True)

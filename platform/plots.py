@@ -88,3 +88,35 @@ def precision_recall_figure(curves: Mapping[str, tuple[Sequence[float], Sequence
         axis.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     return figure
+
+
+def transfer_heatmap_figure(models: Sequence[str], datasets: Sequence[str], seg: np.ndarray, seen: np.ndarray,
+                            title: str = "SEG per model and dataset"):
+    """Models down, datasets across, SEG as colour and number; hatched cells are datasets the model trained on.
+
+    Args:
+        seg: ``len(models) x len(datasets)`` SEG values (NaN: not scored).
+        seen: same shape, True where the model was trained on the dataset.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(datasets), 1.4 + 0.55 * len(models)))
+    image = axis.imshow(np.ma.masked_invalid(seg), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for row in range(len(models)):
+        for column in range(len(datasets)):
+            value = seg[row, column]
+            text = "-" if np.isnan(value) else f"{value:.2f}"
+            axis.text(column, row, text + (" *" if seen[row, column] else ""), ha="center", va="center",
+                      color="white" if np.isnan(value) or value < 0.6 else "black", fontsize=9)
+            if seen[row, column]:
+                axis.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, hatch="//",
+                                             edgecolor="0.85", linewidth=0))
+    axis.set_xticks(range(len(datasets)), labels=datasets, rotation=20, ha="right", fontsize=8)
+    axis.set_yticks(range(len(models)), labels=models, fontsize=8)
+    figure.colorbar(image, ax=axis, label="SEG")
+    axis.set_title(title + (" (* trained on)" if seen.any() else ""), fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def close_figure(figure) -> None:
+    _pyplot().close(figure)

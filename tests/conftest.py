@@ -28,6 +28,35 @@ def ctc_data_dir() -> Path:
     return path
 
 
+def _link_ctc_head(source: Path, sequence: str, last_frame: int, target: Path) -> Path:
+    """The first ``last_frame + 1`` frames of one sequence of CTC dataset ``source`` as a dataset of its own
+    under ``target`` (same folder name): frames and GT files linked, not copied; man_track.txt cut there."""
+    folder = target / source.name
+    for sub in (sequence, f"{sequence}_GT/SEG", f"{sequence}_GT/TRA"):
+        (folder / sub).mkdir(parents=True)
+    for path in (source / sequence).glob("t*.tif"):
+        if int(path.stem[1:]) <= last_frame:
+            (folder / sequence / path.name).symlink_to(path)
+    for kind, prefix in (("SEG", "man_seg"), ("TRA", "man_track")):
+        for path in (source / f"{sequence}_GT" / kind).glob(f"{prefix}[0-9]*.tif"):
+            if int(path.stem.removeprefix(prefix)) <= last_frame:
+                (folder / f"{sequence}_GT" / kind / path.name).symlink_to(path)
+    rows = []
+    for line in (source / f"{sequence}_GT" / "TRA" / "man_track.txt").read_text().split("\n"):
+        if line.strip():
+            label, begin, end, parent = map(int, line.split())
+            if begin <= last_frame:
+                rows.append(f"{label} {begin} {min(end, last_frame)} {parent}")
+    (folder / f"{sequence}_GT" / "TRA" / "man_track.txt").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ctc_head():
+    """``ctc_head(source, sequence, last_frame, target)``: a short real dataset linked from the shared data."""
+    return _link_ctc_head
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for the whole test session (each start costs seconds and ~0.5 GB)."""

@@ -31,27 +31,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def gowt1(ctc_data_dir: Path, tmp_path: Path) -> Path:
-    """The first 26 frames of GOWT1's sequence 02 as a dataset of its own: frames and GT files linked (not
-    copied) from the shared data, man_track.txt cut at the last frame."""
-    source, folder = ctc_data_dir / DATASET, tmp_path / DATASET
-    for sub in (SEQUENCE, f"{SEQUENCE}_GT/SEG", f"{SEQUENCE}_GT/TRA"):
-        (folder / sub).mkdir(parents=True)
-    for path in (source / SEQUENCE).glob("t*.tif"):
-        if int(path.stem[1:]) <= LAST_FRAME:
-            (folder / SEQUENCE / path.name).symlink_to(path)
-    for kind, prefix in (("SEG", "man_seg"), ("TRA", "man_track")):
-        for path in (source / f"{SEQUENCE}_GT" / kind).glob(f"{prefix}[0-9]*.tif"):
-            if int(path.stem.removeprefix(prefix)) <= LAST_FRAME:
-                (folder / f"{SEQUENCE}_GT" / kind / path.name).symlink_to(path)
-    rows = []
-    for line in (source / f"{SEQUENCE}_GT" / "TRA" / "man_track.txt").read_text().split("\n"):
-        if line.strip():
-            label, begin, end, parent = map(int, line.split())
-            if begin <= LAST_FRAME:
-                rows.append(f"{label} {begin} {min(end, LAST_FRAME)} {parent}")
-    (folder / f"{SEQUENCE}_GT" / "TRA" / "man_track.txt").write_text("\n".join(rows) + "\n")
-    return folder
+def gowt1(ctc_data_dir: Path, ctc_head, tmp_path: Path) -> Path:
+    """The first 26 frames of GOWT1's sequence 02 as a dataset of its own (linked from the shared data)."""
+    return ctc_head(ctc_data_dir / DATASET, SEQUENCE, LAST_FRAME, tmp_path)
 
 
 def test_seg_only_equals_the_full_evaluation_on_the_gt_frames_and_predicts_only_them(checkpoint, gowt1,
