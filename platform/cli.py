@@ -13,7 +13,16 @@ import sys
 from collections.abc import Sequence
 
 from celltune.data_prep.errors import UserInputError
-from celltune.platform import cli_data, cli_evaluate, cli_models, cli_predict, cli_search, cli_train, demo
+from celltune.platform import (
+    cli_data,
+    cli_evaluate,
+    cli_leave_out,
+    cli_models,
+    cli_predict,
+    cli_search,
+    cli_train,
+    demo,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -44,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_predict.add_parser(commands)
     cli_evaluate.add_parser(commands)
     cli_models.add_parser(commands)
+    cli_leave_out.add_parser(commands)
     return parser
 
 

@@ -120,3 +120,24 @@ def transfer_heatmap_figure(models: Sequence[str], datasets: Sequence[str], seg:
 
 def close_figure(figure) -> None:
     _pyplot().close(figure)
+
+
+def few_shot_figure(labels: Sequence[str], from_universal: Sequence[float | None],
+                    from_scratch: Sequence[float | None], title: str = "SEG after k GT frames"):
+    """SEG against the number of annotated frames k, fine-tuned from the universal model and from scratch."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    positions = range(len(labels))
+    for values, label, style in ((from_universal, "from the universal model", "o-"),
+                                 (from_scratch, "from scratch", "s--")):
+        points = [(x, v) for x, v in zip(positions, values, strict=True) if v is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, style, label=label)
+    axis.set_xticks(list(positions), labels=list(labels))
+    axis.set(title=title, xlabel="k (GT frames of the left-out dataset; 0: zero-shot)", ylabel="validation SEG",
+             ylim=(0, 1))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -44,6 +44,9 @@ class AugmentConfig(_Strict):
     elastic_sigma: float = Field(10.0, gt=0.0, description="std of the Gaussian smoothing the field (pixels)")
 
 
+_PER_DATASET_FIELDS = ("crop", "batch_size", "scale", "train_frames")
+
+
 class DataConfig(_Strict):
     stores: list[Path] = Field(min_length=1, description="zarr stores written by `celltune data prep`")
     configuration: DataConfiguration = "all-gt"
@@ -62,6 +65,9 @@ class DataConfig(_Strict):
     ignore_unannotated: bool = Field(
         True, description="the loss ignores pixels near cells that GT TRA marks but GT SEG leaves unannotated "
                           "(sparse GT, e.g. Fluo-N2DH-GOWT1), instead of learning them as background")
+    train_frames: PositiveInt | dict[str, PositiveInt] | None = Field(
+        None, description="train on this many of a dataset's training frames (or per dataset; None: all), spread "
+                          "evenly over its sequences and time: the k of a few-shot curve, with configuration gt")
     loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per dataset")
     cache_in_ram: bool = False
 
@@ -75,6 +81,9 @@ class DataConfig(_Strict):
     def batch_size_for(self, dataset: str) -> int:
         return self.batch_size.get(dataset, 8) if isinstance(self.batch_size, dict) else self.batch_size
 
+    def train_frames_for(self, dataset: str) -> int | None:
+        return self.train_frames.get(dataset) if isinstance(self.train_frames, dict) else self.train_frames
+
     def scale_for(self, dataset: str) -> float:
         return float(self.scale.get(dataset, 1.0) if isinstance(self.scale, dict) else self.scale)
 
@@ -83,10 +92,21 @@ class DataConfig(_Strict):
         """Every dataset's resampling factor (the model card records it for prediction)."""
         return {name: self.scale_for(name) for name in self.dataset_names}
 
+    def restricted_to(self, names: list[str]) -> DataConfig:
+        """The same settings for the datasets ``names`` only (leave-one-out and few-shot runs): their stores,
+        and per-dataset values that keep their entries for those datasets."""
+        stores = [store for store, name in zip(self.stores, self.dataset_names, strict=True) if name in names]
+        update: dict[str, Any] = {"stores": stores}
+        for field in _PER_DATASET_FIELDS:
+            value = getattr(self, field)
+            if isinstance(value, dict):
+                update[field] = {key: item for key, item in value.items() if key in names}
+        return DataConfig.model_validate({**self.model_dump(), **update})
+
     @model_validator(mode="after")
     def _per_dataset_keys_exist(self) -> DataConfig:
         names = set(self.dataset_names)
-        for field in ("crop", "batch_size", "scale"):
+        for field in _PER_DATASET_FIELDS:
             value = getattr(self, field)
             if isinstance(value, dict):
                 unknown = sorted(set(value) - names)

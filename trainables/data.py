@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,31 @@ def dataset_frames(store: Path, config: str, split: str) -> list[FrameRef]:
     rows = frames_for(load_index(store.parent), config, split, dataset).to_pylist()
     return [FrameRef(dataset, str(store), row["sequence"], int(row["t"]), None if row["z"] < 0 else int(row["z"]),
                      row["source"]) for row in rows]
+
+
+def training_frames(store: Path, data: DataConfig) -> list[FrameRef]:
+    """The frames ``store`` trains on under ``data``: its training split, cut to ``data.train_frames`` of them.
+
+    Raises:
+        UserInputError: no training frames, or fewer than ``train_frames`` asks for.
+    """
+    name = Path(store).name.removesuffix(".zarr")
+    frames = dataset_frames(Path(store), data.configuration, "train")
+    if not frames:
+        raise UserInputError(f"{store}: no training frames in data configuration {data.configuration!r}")
+    wanted = data.train_frames_for(name)
+    if wanted is None:
+        return frames
+    if wanted > len(frames):
+        raise UserInputError(f"data.train_frames: {wanted} frames of {name} asked for, but {store} has only "
+                             f"{len(frames)} training frames in data configuration {data.configuration!r}")
+    return evenly_spread(frames, wanted)
+
+
+def evenly_spread(items: Sequence[Any], count: int) -> list[Any]:
+    """``count`` of ``items`` at evenly spaced positions (the centre of each of ``count`` equal parts), so a
+    few frames still cover the sequences and the time course rather than the first minutes of one movie."""
+    return [items[int((i + 0.5) * len(items) / count)] for i in range(count)]
 
 
 def crop_size_for(crop: int | str, frames: list[FrameRef], readers: Mapping[tuple[str, str], SequenceReader],
@@ -372,9 +397,7 @@ class TrainingStreams:
         shards: dict[str, list[FrameRef]] = {}
         crops: dict[str, int] = {}
         for name, store in zip(self.names, data.stores, strict=True):
-            frames = dataset_frames(Path(store), data.configuration, "train")
-            if not frames:
-                raise UserInputError(f"{store}: no training frames in data configuration {data.configuration!r}")
+            frames = training_frames(Path(store), data)
             self.frames_per_dataset[name] = len(frames)
             # Each rank trains on its own shard; a rank that would get nothing shares all frames instead.
             shards[name] = frames[rank::world_size] or frames
