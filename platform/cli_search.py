@@ -75,6 +75,7 @@ def _search(args: argparse.Namespace) -> int:
 def summary(result) -> str:
     """What a user wants after a search: the trials, the winner, the thresholds and where to look."""
     from celltune.platform.search_plots import trials_table
+    from celltune.platform.tracking import redact_uri
 
     lines = [f"search {result.name}: {len(result.trials)} trials "
              f"({sum(t.status == 'completed' for t in result.trials)} completed, "
@@ -89,6 +90,6 @@ def summary(result) -> str:
     if result.registered_version:
         lines.append(f"registered models:/{result.registered_name}/{result.registered_version} "
                      f"(alias candidate: models:/{result.registered_name}@candidate)")
-    lines.append(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
+    lines.append(f"MLflow parent run {result.parent_run_id} in {redact_uri(result.tracking_uri)}")
     lines.append(f"resume or inspect: {result.path}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from celltune.platform.config_io import load_config
+    from celltune.platform.tracking import redact_uri
     from celltune.platform.train_run import check_config, dry_run_plan, run_training
     from celltune.trainables.config import TrainConfig
 
@@ -44,6 +45,6 @@ def _train(args: argparse.Namespace) -> int:
                           tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address)
     best = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("seg", "best/seg"))}
     print(f"run {result.name} finished: {json.dumps(best)}")
-    print(f"MLflow run {result.mlflow_run_id} in {result.tracking_uri}")
+    print(f"MLflow run {result.mlflow_run_id} in {redact_uri(result.tracking_uri)}")
     print(f"checkpoint: {result.checkpoint_dir}")
     return 0

@@ -25,9 +25,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -178,19 +176,9 @@ class EvaluationTable:
 
     def write_json(self, path: Path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (temp file beside it, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        from celltune.platform.atomic_files import write_atomic
+
+        return write_atomic(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def _is_sequence_result(folder: Path) -> bool:
@@ -476,8 +464,7 @@ def evaluate_results(
 def write_precision_recall_curve(table: EvaluationTable, path: Path, *, title: str | None = None) -> Path | None:
     """Draw instance precision and recall against the IoU threshold (each sequence, and the dataset pooled when
     there are several) into PNG ``path`` atomically; None, writing nothing, when no sequence has GT SEG scores."""
-    import matplotlib.pyplot as plt
-
+    from celltune.platform.atomic_files import save_figure_atomic
     from celltune.platform.plots import precision_recall_figure
 
     curves = {f"sequence {r.name}": r.instance.curve() for r in table.rows if r.instance is not None}
@@ -487,18 +474,4 @@ def write_precision_recall_curve(table: EvaluationTable, path: Path, *, title: s
     dataset = table.dataset_instance()
     if len(curves) > 1 and dataset is not None:
         curves["dataset"] = dataset.curve()
-    figure = precision_recall_figure(curves, title=title or "instance precision and recall")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        plt.close(figure)
-    return path
+    return save_figure_atomic(precision_recall_figure(curves, title=title or "instance precision and recall"), path)

@@ -16,11 +16,9 @@ curve (PNG). The numbers answer "annotate or not, and how much" before anyone an
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,24 +237,13 @@ def zero_shot_seg(universal: str, recipe: TrainConfig, dataset: str, tracking_ur
 
 def write_curve(report: LeaveOutReport, path: Path) -> Path:
     """The few-shot curve as a PNG, atomically."""
-    from celltune.platform.plots import close_figure, few_shot_figure
+    from celltune.platform.atomic_files import save_figure_atomic
+    from celltune.platform.plots import few_shot_figure
 
     figure = few_shot_figure([shot.label for shot in report.shots], [shot.from_universal for shot in report.shots],
                              [shot.from_scratch for shot in report.shots],
                              title=f"{report.dataset} left out: SEG after k GT frames")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    finally:
-        close_figure(figure)
-    return path
+    return save_figure_atomic(figure, path)
 
 
 def _fmt(value: float | None) -> str:

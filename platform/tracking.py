@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celltune.trainables.secrets import MASK as MASK  # re-exported: the platform's callers import them here
+from celltune.trainables.secrets import SECRET_NAME as SECRET_NAME
+from celltune.trainables.secrets import mask_secrets as mask_secrets
+from celltune.trainables.secrets import redact_uri as redact_uri
+from celltune.trainables.secrets import secret_values as secret_values
+
 logger = logging.getLogger(__name__)
 
-SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH)", re.I)
-MASK = "***"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
 _NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. :/]")
 
@@ -45,25 +49,6 @@ def absolute_tracking_uri(uri: str) -> str:
     if "://" not in uri and not uri.startswith(("databricks", "sqlite:")):
         return Path(uri.removeprefix("file:")).resolve().as_uri()
     return uri
-
-
-def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
-    """Values of environment variables whose names look like credentials (long enough to be meaningful)."""
-    environ = os.environ if environ is None else environ
-    return {value for name, value in environ.items() if SECRET_NAME.search(name) and len(value) >= 4}
-
-
-def mask_secrets(value: Any, secrets: set[str] | None = None) -> Any:
-    """``value`` (a tree of mappings, lists and strings) with every secret value replaced by ``***``."""
-    secrets = secret_values() if secrets is None else secrets
-    if isinstance(value, Mapping):
-        return {key: mask_secrets(item, secrets) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask_secrets(item, secrets) for item in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, MASK)
-    return value
 
 
 def flatten_params(tree: Mapping[str, Any], prefix: str = "",

@@ -17,7 +17,7 @@ from typing import Any
 from celltune.data_prep.errors import UserInputError
 from celltune.platform.fine_tune import load_parent, parent_config, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
-from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri
+from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri, redact_uri
 from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 
@@ -90,7 +90,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
             tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         run_folder.mkdir(parents=True)
-        _write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracking_uri}))
+        _write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": redact_uri(tracking_uri)}))
     config = with_parent_weights(config, parent, run_folder)
 
     observer = MlflowObserver(RunLogger(tracking_uri, run_id))

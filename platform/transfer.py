@@ -8,11 +8,9 @@ as CSV or JSON and, for registered models, logs it with a models x datasets heat
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from celltune.data_prep.errors import UserInputError
+from celltune.platform.atomic_files import write_atomic
 
 ARTIFACT_DIR = "transfer"
 WRITERS = (".csv", ".json")
@@ -75,7 +74,7 @@ class TransferTable:
         else:
             text = json.dumps({"models": list(self.models), "datasets": list(self.datasets), "rows": self.rows()},
                               indent=2) + "\n"
-        return _write_atomic(path, text)
+        return write_atomic(path, text)
 
 
 def check_output(path: Path | None) -> None:
@@ -167,32 +166,13 @@ def write_heatmap(table: TransferTable, path: Path) -> Path:
     """The models x datasets SEG heat-map as a PNG (atomically)."""
     import numpy as np
 
-    from celltune.platform.plots import close_figure, transfer_heatmap_figure
+    from celltune.platform.atomic_files import save_figure_atomic
+    from celltune.platform.plots import transfer_heatmap_figure
 
     values = np.array([[_nan(table.scores[(m, d)].seg) for d in table.datasets] for m in table.models], dtype=float)
     seen = np.array([[table.scores[(m, d)].seen for d in table.datasets] for m in table.models], dtype=bool)
-    figure = transfer_heatmap_figure(list(table.models), list(table.datasets), values, seen)
-    try:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-    finally:
-        close_figure(figure)
-    return _write_atomic(Path(path), buffer.getvalue())
+    return save_figure_atomic(transfer_heatmap_figure(list(table.models), list(table.datasets), values, seen), path)
 
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
-
-
-def _write_atomic(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path

@@ -3,7 +3,6 @@ input as exit code 2 with one line on stderr and no output folder left behind.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -15,26 +14,12 @@ import tifffile
 from celltune.platform.cli import main
 from celltune.platform.ctc_results import read_ctc_result
 
-# The trained checkpoint and the synthetic data are built once per session by test_predict.py's helpers.
-_spec = importlib.util.spec_from_file_location("_celltune_predict_helpers", Path(__file__).with_name("test_predict.py"))
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    with helpers.one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return helpers.build_checkpoint(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return helpers.build_test_data(tmp_path_factory)
+def dataset(tmp_path_factory, predict_helpers) -> Path:
+    return predict_helpers.build_test_data(tmp_path_factory)
 
 
 def _predict(*args: str) -> int:
@@ -46,7 +31,7 @@ def _error(stderr: str) -> str:
     return "\n".join(line for line in stderr.strip().splitlines() if " INFO mlflow." not in line)
 
 
-def test_predict_prints_one_summary_line_per_sequence(checkpoint, dataset, tmp_path, capsys):
+def test_predict_prints_one_summary_line_per_sequence(checkpoint, dataset, tmp_path, capsys, predict_helpers):
     out = tmp_path / "res"
     assert _predict("--model", checkpoint, "--input", dataset, "--out", out, "--no-ray") == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -57,7 +42,7 @@ def test_predict_prints_one_summary_line_per_sequence(checkpoint, dataset, tmp_p
         assert line.startswith(f"{seq}: 6 frames, {cells} cells ({cells / 6:.1f}/frame), {len(result.tracks)} "
                                f"tracks, ")
         assert line.endswith(f" s -> {out / f'{seq}_RES'}")
-        assert helpers.ctc_valid(out / f"{seq}_RES") == 1
+        assert predict_helpers.ctc_valid(out / f"{seq}_RES") == 1
 
 
 def _cells(line: str) -> int:
@@ -134,13 +119,13 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_no_output(case, checkpoint, dataset, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_no_output(case, checkpoint, dataset, tmp_path, capsys, predict_helpers):
     make, model, extra, text = BAD_INPUTS[case]
     source = make(tmp_path, dataset) if make else dataset / "01"
     if model is None:
         uri = str(checkpoint)
     elif isinstance(model, dict):
-        uri = str(helpers.variant_checkpoint(checkpoint, tmp_path / "variant", **model))
+        uri = str(predict_helpers.variant_checkpoint(checkpoint, tmp_path / "variant", **model))
     elif model == "missing-dir":
         uri = str(tmp_path / "no-such-checkpoint")
     elif model == "no-json":
@@ -211,7 +196,7 @@ def test_evaluate_flags_must_go_together(checkpoint, dataset, tmp_path, capsys):
     assert "dataset folder not found" in capsys.readouterr().err
 
 
-def test_evaluate_registered_model_logs_to_its_run(checkpoint, dataset, tmp_path, capsys):
+def test_evaluate_registered_model_logs_to_its_run(checkpoint, dataset, tmp_path, capsys, predict_helpers):
     from mlflow import MlflowClient
 
     from celltune.platform.model_registry import register_checkpoint
@@ -240,5 +225,5 @@ def test_evaluate_registered_model_logs_to_its_run(checkpoint, dataset, tmp_path
         assert metrics[f"eval/Synth-SIMplus/{seq}/TRA"] == pytest.approx(float(tra), abs=5e-5)
     assert "eval/Synth-SIMplus/mean/TRA" in metrics
     local = client.download_artifacts(run.info.run_id, "evaluation", str(tmp_path / "dl"))
-    table = (Path(local) / f"{helpers.TEST_DATASET}.txt").read_text()
+    table = (Path(local) / f"{predict_helpers.TEST_DATASET}.txt").read_text()
     assert table.splitlines()[:5] == lines[first:first + 5]  # the printed table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,24 +9,11 @@ import pytest
 
 from celltune.platform.cli import main
 
-_spec = importlib.util.spec_from_file_location("_celltune_predict_helpers", Path(__file__).with_name("test_predict.py"))
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DATASET = "Fluo-N2DH-GOWT1"
 SEQUENCE = "02"  # 92 frames of 1024x1024, GT SEG on 20 of them
 LAST_FRAME = 25  # the test's copy ends here: 26 frames, GT SEG on frames 1, 22 and 25
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with helpers.one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return helpers.build_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,23 +12,10 @@ import pytest
 from celltune.platform.cli import main
 from celltune.platform.model_registry import register_checkpoint
 
-_spec = importlib.util.spec_from_file_location("_celltune_predict_helpers", Path(__file__).with_name("test_predict.py"))
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GOWT1, HELA = "Fluo-N2DH-GOWT1", "DIC-C2DH-HeLa"
 KEPT = {"min_area": 300}  # the synthetic-data model's small fragments are not what this test is about
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with helpers.one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return helpers.build_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture
@@ -53,13 +39,13 @@ def registry(tmp_path, monkeypatch, checkpoint):
 
 
 def test_transfer_scores_every_model_on_every_dataset_writes_and_logs_the_table(checkpoint, datasets, registry,
-                                                                                 tmp_path, capsys):
+                                                                                 predict_helpers, tmp_path, capsys):
     from celltune.platform.model_registry import load_model
     from celltune.platform.seg_only import evaluate_seg_only
 
     uri, run_id = registry
     # the same weights, described as trained on GOWT1: its GOWT1 score is marked as not a transfer score
-    on_gowt1 = helpers.variant_checkpoint(checkpoint, tmp_path / "on-gowt1",
+    on_gowt1 = predict_helpers.variant_checkpoint(checkpoint, tmp_path / "on-gowt1",
                                           stores=[f"/stores/{GOWT1}.zarr"])
     out, plot = tmp_path / "transfer.csv", tmp_path / "transfer.png"
     assert main(["models", "transfer", "synth@champion", str(on_gowt1), "--data", str(datasets[GOWT1]),

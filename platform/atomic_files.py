@@ -1,0 +1,38 @@
+"""Files the platform hands to users (tables, pictures) appear whole or not at all: written beside their final
+name and renamed into place, so an interrupted run never leaves half a CSV or PNG behind."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, content: str | bytes) -> Path:
+    """Write ``content`` (text as UTF-8) to ``path`` through a temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_figure_atomic(figure, path: Path) -> Path:
+    """Save a matplotlib figure as PNG ``path`` atomically, and close it."""
+    from celltune.platform.plots import close_figure
+
+    try:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        close_figure(figure)
+    return write_atomic(path, buffer.getvalue())
