@@ -192,6 +192,19 @@ def _check_range(param: Parameter) -> None:
         raise ValueError(f"{param.kind}: step {param.step:g} does not divide [{low}, {high}]")
 
 
+def _check_objective(source: str, objective: Objective, dataset_names: list[str]) -> None:
+    """The objective must be a score the trials report, or Tune fails only after the first trial has trained."""
+    from celltune.trainables.train_loop import reported_scores
+
+    known = reported_scores(dataset_names)
+    if objective.metric not in known:
+        close = difflib.get_close_matches(objective.metric, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserInputError(f"{source}: objective.metric {objective.metric!r} is not a score the trials report; "
+                             f"{hint}choose seg_mean, iou_mean or <score>/<dataset> with score one of seg, iou, "
+                             f"precision@0.5, recall@0.5, are (best/... for the best so far)")
+
+
 class Objective(_Strict):
     """What Tune optimizes: a metric the trainable reports, maximized or minimized."""
 
@@ -449,9 +462,10 @@ def load_space(
     if stores_dir is not None:
         tree = _fill_stores(tree, Path(stores_dir))
     try:
-        TrainConfig.model_validate(copy.deepcopy(tree))
+        base_config = TrainConfig.model_validate(copy.deepcopy(tree))
     except ValidationError as exc:
         raise UserInputError(f"{source}: base config: {describe_validation_error(exc)}") from None
+    _check_objective(source, spec.objective, base_config.data.dataset_names)
 
     kinds = _SpaceChecker(source, tree, parameters).run()
     from celltune.search_spaces.sampling import apply_sample, encode_sample

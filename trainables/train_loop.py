@@ -357,6 +357,17 @@ def optimizer_step(model: nn.Module, loss_fn, batches: list[dict[str, torch.Tens
     return terms
 
 
+PER_DATASET_SCORES = ("seg", "iou", "precision@0.5", "recall@0.5", "are")  # reported as <score>/<dataset>
+MEAN_SCORES = ("seg_mean", "iou_mean")
+
+
+def reported_scores(dataset_names: list[str]) -> list[str]:
+    """The validation scores every evaluation reports for these datasets, and their ``best/`` copies: what a
+    search may optimise."""
+    scores = [*MEAN_SCORES, *(f"{score}/{name}" for name in dataset_names for score in PER_DATASET_SCORES)]
+    return [*scores, *(f"best/{score}" for score in scores)]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], *, kind: str, size_multiple: int,
              postprocess_params: Mapping[str, Any], device: torch.device,

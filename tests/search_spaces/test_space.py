@@ -206,3 +206,19 @@ def test_conditions_are_sorted_after_what_they_name(tmp_path):
 def test_file_level_mistakes(tmp_path, head, tail, expected):
     message = load_error(write_space(tmp_path, "data.crop: {choice: [64]}\n", head=head, tail=tail))
     assert expected in message
+
+
+@pytest.mark.parametrize("metric, expected", [
+    ("seg_meen", "objective.metric 'seg_meen' is not a score the trials report; did you mean 'seg_mean'?"),
+    ("seg/C", "objective.metric 'seg/C' is not a score the trials report;"),
+    ("accuracy", "choose seg_mean, iou_mean or <score>/<dataset>"),
+])
+def test_an_objective_the_trials_never_report_is_refused_at_load(tmp_path, metric, expected):
+    head = BASE + f"objective: {{metric: {metric}, mode: max}}\n"
+    assert expected in load_error(write_space(tmp_path, "data.crop: {choice: [64]}\n", head=head))
+
+
+@pytest.mark.parametrize("metric", ["seg_mean", "seg/B", "best/iou/A", "recall@0.5/A"])
+def test_every_reported_score_can_be_the_objective(tmp_path, metric):
+    head = BASE + f"objective: {{metric: '{metric}', mode: max}}\n"
+    assert load_space(write_space(tmp_path, "data.crop: {choice: [64]}\n", head=head)).objective.metric == metric
