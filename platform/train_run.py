@@ -38,12 +38,13 @@ class TrainRunResult:
 
 def check_config(config: TrainConfig) -> None:
     """Fail before Ray starts: stores hold training frames, and the model, loss and thresholds fit together."""
-    from celltune.trainables.data import training_frames
+    from celltune.trainables.data import check_crop_fits, training_frames
 
     for store in config.data.stores:
         if not Path(store).is_dir():
             raise UserInputError(f"data.stores: {store} does not exist (run `celltune data prep` first)")
         training_frames(Path(store), config.data)  # no frames, or fewer than data.train_frames: one line
+        check_crop_fits(Path(store), config.data)
     check_model_and_loss(config)
 
 

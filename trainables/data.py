@@ -114,6 +114,30 @@ def training_frames(store: Path, data: DataConfig) -> list[FrameRef]:
     return evenly_spread(frames, wanted)
 
 
+def check_crop_fits(store: Path, data: DataConfig) -> None:
+    """Refuse a crop larger than every (resampled) training frame of ``store`` in both sides: each crop would
+    be mostly padding and every step would grind on it. A crop larger than only some frames is logged.
+
+    Raises:
+        UserInputError: the crop exceeds every frame.
+    """
+    name = Path(store).name.removesuffix(".zarr")
+    crop = data.crop_for(name)
+    if crop == "short_side":
+        return
+    scale = data.scale_for(name)
+    shapes = {tuple(resample.scaled_side(side, scale) for side in SequenceReader(store, sequence).frame_shape[-2:])
+              for sequence in sorted({frame.sequence for frame in training_frames(Path(store), data)})}
+    largest = max(shapes, key=max)
+    if all(crop > max(shape) for shape in shapes):
+        at = f" at scale {scale:g}" if scale != 1 else ""
+        raise UserInputError(f"data.crop {crop} for {name}: larger than every training frame (the largest is "
+                             f"{largest[0]}x{largest[1]}{at}); use at most {max(largest)} or short_side")
+    if any(crop > min(shape) for shape in shapes):
+        logger.warning("data.crop %d for %s: larger than some frames (%s); those crops are padded", crop, name,
+                       ", ".join(f"{h}x{w}" for h, w in sorted(shapes)))
+
+
 def evenly_spread(items: Sequence[Any], count: int) -> list[Any]:
     """``count`` of ``items`` at evenly spaced positions (the centre of each of ``count`` equal parts), so a
     few frames still cover the sequences and the time course rather than the first minutes of one movie."""

@@ -111,3 +111,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_continues_the_step_count(t
     steps = sorted({m.step for m in client.get_metric_history(run_id, "seg_mean")})
     assert steps == [5, 10, 15, 20, 25]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.ray  # demo_stores are prepared with Ray
+def test_a_crop_larger_than_every_frame_is_refused_before_training(tmp_path, demo_stores, capsys):
+    config = _config(tmp_path, demo_stores)
+    assert main(["train", "--config", str(config), "--set", "data.crop=4096", "--dry-run"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "data.crop 4096 for Synth-Round: larger than every training frame (the largest is " \
+        "128x128); use at most 128 or short_side" in err[0], err
+    assert main(["train", "--config", str(config), "--set", "data.crop=96", "--dry-run"]) == 0
