@@ -26,25 +26,51 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     parser.add_argument("--experiment", default="celltune-train", help="MLflow experiment name")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and Ray plan, then exit")
+    local = parser.add_argument_group("one process, no Ray (a workstation GPU, debugging)")
+    local.add_argument("--local", action="store_true",
+                       help="train in this process on one device instead of on Ray (resources are ignored)")
+    local.add_argument("--device", default=None,
+                       help="with --local: auto (default: CUDA where present, else CPU), cpu, cuda or cuda:N")
+    local.add_argument("--no-tracking", action="store_true",
+                       help="with --local: no MLflow run (checkpoints in the storage folder only)")
     parser.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from celltune.data_prep.errors import UserInputError
     from celltune.platform.config_io import load_config
     from celltune.platform.tracking import redact_uri
-    from celltune.platform.train_run import check_config, dry_run_plan, run_training
+    from celltune.platform.train_run import check_config, dry_run_plan, run_training, run_untracked
     from celltune.trainables.config import TrainConfig
+    from celltune.trainables.local_train import local_device
 
+    if not args.local and (args.device is not None or args.no_tracking):
+        raise UserInputError(f"{'--device' if args.device is not None else '--no-tracking'} goes with --local "
+                             "(a Ray run places workers by resources.gpus_per_worker and is always tracked)")
+    if args.local and args.address:
+        raise UserInputError("--local trains in this process; leave out --address")
+    device = args.device or "auto"
     overrides = [*args.overrides, *([f"init.model={args.init}"] if args.init else [])]
     config = load_config(TrainConfig, args.config, overrides)
+    if args.local:
+        resolved = local_device(device)  # a device this machine lacks fails before anything is written
     if args.dry_run:
         check_config(config)
-        print(json.dumps(dry_run_plan(config), indent=2))
+        plan = dry_run_plan(config)
+        if args.local:
+            plan["ray"] = None
+            plan["local"] = {"device": str(resolved)}
+        print(json.dumps(plan, indent=2))
         return 0
-    result = run_training(config, storage_path=args.storage, name=args.name, resume=args.resume,
-                          tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address)
+    if args.no_tracking:
+        result = run_untracked(config, storage_path=args.storage, name=args.name, resume=args.resume, device=device)
+    else:
+        result = run_training(config, storage_path=args.storage, name=args.name, resume=args.resume,
+                              tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address,
+                              local=args.local, device=device)
     best = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("seg", "best/seg"))}
     print(f"run {result.name} finished: {json.dumps(best)}")
-    print(f"MLflow run {result.mlflow_run_id} in {redact_uri(result.tracking_uri)}")
+    if result.mlflow_run_id:
+        print(f"MLflow run {result.mlflow_run_id} in {redact_uri(result.tracking_uri)}")
     print(f"checkpoint: {result.checkpoint_dir}")
     return 0

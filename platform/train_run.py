@@ -56,22 +56,14 @@ def dry_run_plan(config: TrainConfig) -> dict[str, Any]:
 
 def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = None, resume: bool = False,
                  tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
-                 address: str | None = None, parent_run_id: str | None = None) -> TrainRunResult:
-    """Train on Ray and track in MLflow; with ``resume`` continue the run called ``name`` where it stopped."""
+                 address: str | None = None, parent_run_id: str | None = None, local: bool = False,
+                 device: str = "auto") -> TrainRunResult:
+    """Train on Ray (or, ``local``, in this process on ``device``) and track in MLflow; with ``resume``
+    continue the run called ``name`` where it stopped."""
     import mlflow
 
-    from celltune.data_prep.ray_session import ensure_ray
-    from celltune.trainables import ray_train
-
-    # Ray workers run in their own working directories: every path they read must be absolute.
-    config = config.model_copy(update={"data": config.data.model_copy(
-        update={"stores": [Path(store).resolve() for store in config.data.stores]})})
-    check_config(config)
-    storage_path = Path(storage_path).resolve()
+    config, storage_path, name = _prepared(config, storage_path, name, resume)
     tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())  # workers run in other folders
-    if resume and not name:
-        raise UserInputError("--resume needs --name of the run to continue")
-    name = name or time.strftime("train-%Y%m%d-%H%M%S")
     run_folder = storage_path / name
     link_file = run_folder / RUN_LINK_FILE
     parent = load_parent(config, tracking_uri)  # a bad --init fails here, before anything is written
@@ -95,18 +87,64 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
     config = with_parent_weights(config, parent, run_folder)
 
     observer = MlflowObserver(RunLogger(tracking_uri, run_id))
-    ensure_ray(address)
     try:
-        result = ray_train.fit(config, storage_path=storage_path, name=name, observer=observer)
+        metrics, checkpoint_dir = _fit(config, storage_path, name, observer, local=local, device=device,
+                                       address=address)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint else None
     if checkpoint_dir is not None:
         client.log_artifacts(run_id, str(checkpoint_dir), "checkpoint")
     client.set_terminated(run_id, status="FINISHED")
-    return TrainRunResult(name=name, mlflow_run_id=run_id, tracking_uri=tracking_uri,
-                          metrics=dict(result.metrics or {}), checkpoint_dir=checkpoint_dir)
+    return TrainRunResult(name=name, mlflow_run_id=run_id, tracking_uri=tracking_uri, metrics=metrics,
+                          checkpoint_dir=checkpoint_dir)
+
+
+def run_untracked(config: TrainConfig, *, storage_path: Path, name: str | None = None, resume: bool = False,
+                  device: str = "auto") -> TrainRunResult:
+    """Train in this process without MLflow (a machine without it, or a quick debugging run): checkpoints in
+    ``<storage>/<name>`` only."""
+    config, storage_path, name = _prepared(config, storage_path, name, resume)
+    run_folder = storage_path / name
+    if resume and not run_folder.is_dir():
+        raise UserInputError(f"--resume: no run named {name!r} under {storage_path}")
+    if not resume and run_folder.exists():
+        raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
+                             "pass --resume to continue it or choose another name")
+    if config.init is not None:
+        raise UserInputError("--init needs MLflow tracking (its provenance is recorded there); leave out --no-tracking")
+    metrics, checkpoint_dir = _fit(config, storage_path, name, None, local=True, device=device)
+    return TrainRunResult(name=name, mlflow_run_id="", tracking_uri="", metrics=metrics, checkpoint_dir=checkpoint_dir)
+
+
+def _prepared(config: TrainConfig, storage_path: Path, name: str | None,
+              resume: bool) -> tuple[TrainConfig, Path, str]:
+    """Absolute store paths (Ray workers run in their own working directories), the config checked, the name."""
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"stores": [Path(store).resolve() for store in config.data.stores]})})
+    check_config(config)
+    if resume and not name:
+        raise UserInputError("--resume needs --name of the run to continue")
+    storage_path = Path(storage_path).resolve()
+    if storage_path.exists() and not storage_path.is_dir():
+        raise UserInputError(f"--storage {storage_path}: is a file, not a folder")
+    return config, storage_path, name or time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def _fit(config: TrainConfig, storage_path: Path, name: str, observer, *, local: bool, device: str,
+         address: str | None = None) -> tuple[dict[str, float], Path | None]:
+    """The last reported metrics and the newest checkpoint of a Ray or a local run."""
+    if local:
+        from celltune.trainables.local_train import fit_local
+
+        outcome = fit_local(config, run_folder=storage_path / name, device=device, observer=observer)
+        return outcome.metrics, outcome.checkpoint_dir
+    from celltune.data_prep.ray_session import ensure_ray
+    from celltune.trainables import ray_train
+
+    ensure_ray(address)
+    result = ray_train.fit(config, storage_path=storage_path, name=name, observer=observer)
+    return dict(result.metrics or {}), Path(result.checkpoint.path) if result.checkpoint else None
 
 
 def _experiment_id(client, name: str) -> str:
