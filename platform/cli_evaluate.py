@@ -63,6 +63,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.threads < 0:
         raise UserInputError(f"--threads {args.threads}: must be >= 0")
+    # where the results go is checked before any scoring: a mistake must not cost the run
+    if args.json is not None and args.json.is_dir():
+        raise UserInputError(f"--json {args.json}: is a folder; name the JSON file to write")
+    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
+        raise UserInputError(f"--plots {args.plots}: is a file; name the folder the pictures go to")
     if args.model is not None or args.data is not None:
         return _evaluate_model(args)
     if args.res is None or args.gt is None:

@@ -47,6 +47,11 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.trials is not None and args.trials < 1:
         raise UserInputError(f"--trials {args.trials}: needs at least one trial")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserInputError(f"--max-concurrent {args.max_concurrent}: must be at least 1 (leave it out for as many "
+                             "trials as the cluster's resources hold)")
+    if "://" not in args.storage and Path(args.storage).exists() and not Path(args.storage).is_dir():
+        raise UserInputError(f"--storage {args.storage}: is a file, not a folder")
     if args.resume:  # Tune restores the search as it started: its trial count, sampler and base config
         given = [flag for flag, value in (("--set", args.overrides), ("--init", args.init),
                                           ("--trials", args.trials is not None),

@@ -14,6 +14,8 @@ from celltune.platform.cli import main
     (["--name", "s", "--resume", "--set", "training.epochs=2"], "leave out --set"),
     (["--name", "s", "--resume", "--trials", "3"], "leave out --trials"),
     (["--name", "nosuch", "--resume"], "--resume: no search named 'nosuch'"),
+    (["--max-concurrent", "0"], "--max-concurrent 0: must be at least 1"),
+    (["--max-concurrent", "-1"], "--max-concurrent -1: must be at least 1"),
 ])
 def test_bad_search_input_is_one_line_exit_2(demo_stores, tmp_path, capsys, extra, message):
     code = main(["search", "--space", "demo", "--stores", str(demo_stores), "--storage", str(tmp_path / "s"),
@@ -39,3 +41,11 @@ def test_a_resumed_search_keeps_the_base_config_it_started_with(tmp_path):
     assert [p.name for p in (tmp_path / "s1").iterdir()] == ["celltune_base_config.json"]  # no temp file left
     with pytest.raises(UserInputError, match="--resume: .* is missing or unreadable"):
         read_base_tree(SearchSettings(storage_path=str(tmp_path), name="other", trials=2))
+
+
+def test_a_storage_that_is_a_file_is_refused(demo_stores, tmp_path, capsys):
+    (tmp_path / "s").write_text("not a folder")
+    code = main(["search", "--space", "demo", "--stores", str(demo_stores), "--storage", str(tmp_path / "s"),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith(f"--storage {tmp_path / 's'}: is a file, not a folder"), err

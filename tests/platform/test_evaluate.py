@@ -244,3 +244,20 @@ def test_cli_empty_result_folder_is_exit_code_2(tmp_path, celltune_main, capsys)
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "01_RES: no maskNNN.tif files" in err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plots"])
+def test_an_output_of_the_wrong_kind_is_refused_before_scoring(tmp_path, capsys, monkeypatch, flag):
+    import celltune.platform.evaluate as evaluate_module
+    from celltune.platform.cli import main
+
+    masks, tracks = _one_cell()
+    gt = _write_gt(tmp_path / "01_GT", masks, tracks)
+    res = tmp_path / "01_RES"
+    res.mkdir()
+    wrong = tmp_path / "wrong"
+    wrong.mkdir() if flag == "--json" else wrong.write_text("a file")  # a folder for --json, a file for --plots
+    monkeypatch.setattr(evaluate_module, "evaluate_results", lambda *a, **k: pytest.fail("scored anyway"))
+    assert main(["evaluate", "--res", str(res), "--gt", str(gt), flag, str(wrong), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flag} {wrong}: is a " in err, err
