@@ -98,8 +98,11 @@ def _ctc_frames(folder: Path) -> tuple[tuple[Path, ...], int] | None:
     widths = set()
     for path in sorted(folder.iterdir()):
         match = _FRAME_RE.match(path.name)
-        if not match or not path.is_file():
+        if not match:
             continue
+        if not path.is_file():  # a frame that cannot be read must not be skipped: its mask would be missing
+            what = "a folder" if path.is_dir() else "not a readable file (a broken or looping link?)"
+            raise UserInputError(f"{path}: named like a frame but {what}")
         t = int(match.group(1))
         if t in by_t:
             raise UserInputError(f"{path}: frame {t} also in {by_t[t].name}")

@@ -80,6 +80,15 @@ def _gap(root: Path, dataset: Path) -> Path:
     return root / "01"
 
 
+def _looping_last_frame(root: Path, dataset: Path) -> Path:
+    """The last frame replaced by a link to itself: skipping it would leave its mask silently missing."""
+    shutil.copytree(dataset / "01", root / "01")
+    last = sorted((root / "01").glob("t*.tif"))[-1]
+    last.unlink()
+    last.symlink_to(last.name)
+    return root / "01"
+
+
 def _empty(root: Path, dataset: Path) -> Path:
     (root / "empty").mkdir()
     return root / "empty"
@@ -102,6 +111,7 @@ BAD_INPUTS = {
     # case: (make input, model variant or URI, extra args, text in the error)
     "gap in frames": (_gap, None, [], "t003.tif missing"),
     "empty input folder": (_empty, None, [], "no input frames"),
+    "looping frame link": (_looping_last_frame, None, [], "t005.tif: named like a frame but not a readable file"),
     "unreadable TIFF": (_unreadable, None, [], "t002.tif"),
     "missing checkpoint folder": (None, "missing-dir", [], "no such model folder"),
     "folder without a model": (None, "no-json", [], "not a celltune model folder"),
