@@ -10,6 +10,15 @@ import tempfile
 from pathlib import Path
 
 
+def default_permissions(path: Path) -> Path:
+    """Give a file or folder made by ``tempfile`` (0600/0700) the permissions a plain write would have had
+    under the user's umask, so results written atomically are as shareable as any other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+    return Path(path)
+
+
 def write_atomic(path: Path, content: str | bytes) -> Path:
     """Write ``content`` (text as UTF-8) to ``path`` through a temporary file in the same folder."""
     path = Path(path)
@@ -18,6 +27,7 @@ def write_atomic(path: Path, content: str | bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        default_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

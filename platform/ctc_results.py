@@ -23,6 +23,7 @@ import numpy as np
 from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.tiff_io import check_labels, decode_tiff, read_bytes
 from celltune.data_prep.tracks import check_against_masks, parse_man_track
+from celltune.platform.atomic_files import default_permissions
 from celltune.platform.cell_tracker import TrackingResult
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def write_ctc_result(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())) and not overwrite:
         raise UserInputError(f"{folder}: already exists and is not empty (pass overwrite=True to replace it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = default_permissions(Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent)))
     try:
         for t in tqdm(range(len(stack)), desc=f"writing {folder.name}", unit="frame", disable=not show_progress):
             _write_tiff(tmp / mask_name(t, digits), stack[t])

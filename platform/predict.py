@@ -38,6 +38,7 @@ import numpy as np
 from celltune.data_prep import store_format as sf
 from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.stats import IntensityStats
+from celltune.platform.atomic_files import default_permissions
 from celltune.platform.cell_tracker import TrackingResult, track_sequence
 from celltune.platform.ctc_results import write_ctc_result
 
@@ -765,7 +766,7 @@ def predict_to_folder(
         use_ray = len(sources) > 1 or address is not None
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = default_permissions(Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)))
     summaries: dict[str, SequenceSummary] = {}
     total = sum(p.num_frames for p in probes.values())
 

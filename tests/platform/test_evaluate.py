@@ -261,3 +261,22 @@ def test_an_output_of_the_wrong_kind_is_refused_before_scoring(tmp_path, capsys,
     assert main(["evaluate", "--res", str(res), "--gt", str(gt), flag, str(wrong), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{flag} {wrong}: is a " in err, err
+
+
+def test_written_results_have_the_permissions_of_a_plain_write(tmp_path):
+    """Atomic writes go through tempfile (0600 files, 0700 folders); what lands must follow the umask."""
+    import os
+
+    from celltune.platform.atomic_files import write_atomic
+    from celltune.platform.ctc_results import write_ctc_result
+
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "scores.json", "{}\n")
+        masks, tracks = _one_cell()
+        folder = tmp_path / "01_RES"
+        write_ctc_result(folder, masks, tracks)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755
