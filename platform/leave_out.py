@@ -159,6 +159,7 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
     import mlflow
 
     from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri
+    from celltune.platform.tracking import experiment_id as experiment_id_of
     from celltune.platform.train_run import run_training
 
     available = check_study(recipe, dataset, shots)
@@ -169,9 +170,7 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
                              "choose another name")
     tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
     client = mlflow.MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    study_run = client.create_run(experiment_id, run_name=name, tags={
+    study_run = client.create_run(experiment_id_of(client, experiment, tracking_uri), run_name=name, tags={
         "mlflow.runName": name, "celltune.kind": "leave-out", "celltune.left_out": dataset}).info.run_id
     run = RunLogger(tracking_uri, study_run)
     run.log_params({"left_out": dataset, "shots": ",".join("all" if k is ALL else str(k) for k in shots),

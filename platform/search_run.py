@@ -33,6 +33,7 @@ from celltune.platform.tracking import (
     mask_secrets,
     metric_name,
 )
+from celltune.platform.tracking import experiment_id as experiment_id_of
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
@@ -223,7 +224,7 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     connect_ray(address)
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = _experiment_id(client, experiment)
+    experiment_id = experiment_id_of(client, experiment, tracking_uri)
     parent_run_id = _parent_run(client, tracking_uri, experiment_id, name, space, settings, resume=resume)
     hooks = MlflowTrialHooks(tracking_uri, experiment_id, parent_run_id, name)
 
@@ -306,11 +307,6 @@ def connect_ray(address: str | None) -> None:
     except ConnectionError as exc:
         raise UserInputError(f"--address {address}: cannot connect to a Ray cluster there "
                              f"({' '.join(str(exc).split())[:200]})") from None
-
-
-def _experiment_id(client, name: str) -> str:
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
 
 
 def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space: SearchSpace,

@@ -51,6 +51,20 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
+def experiment_id(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created if new. With a SQLite store its artifacts go to ``mlruns/`` beside
+    the database file, not to MLflow's default ``./mlruns`` of whatever folder the command ran in."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = None
+    uri = absolute_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:////"):
+        database = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+        location = (database.parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 def flatten_params(tree: Mapping[str, Any], prefix: str = "",
                    secrets: set[str] | None = None) -> dict[str, str]:
     """Flatten a nested config into dotted MLflow params, masking any secret value that appears in one; keys

@@ -18,6 +18,7 @@ from celltune.data_prep.errors import UserInputError
 from celltune.platform.fine_tune import load_parent, parent_config, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri, redact_uri
+from celltune.platform.tracking import experiment_id as tracking_experiment_id
 from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 
@@ -77,7 +78,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
         if run_folder.exists():
             raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
                                  "pass --resume to continue it or choose another name")
-        experiment_id = _experiment_id(client, experiment)
+        experiment_id = tracking_experiment_id(client, experiment, tracking_uri)
         tags = {"mlflow.runName": name, "celltune.kind": "train", **provenance_tags(parent_config(config, parent))}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -145,11 +146,6 @@ def _fit(config: TrainConfig, storage_path: Path, name: str, observer, *, local:
     ensure_ray(address)
     result = ray_train.fit(config, storage_path=storage_path, name=name, observer=observer)
     return dict(result.metrics or {}), Path(result.checkpoint.path) if result.checkpoint else None
-
-
-def _experiment_id(client, name: str) -> str:
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -73,3 +73,21 @@ def test_relative_tracking_uris_become_absolute(tmp_path, monkeypatch):
     assert absolute_tracking_uri("sqlite:////data/m.db") == "sqlite:////data/m.db"
     assert absolute_tracking_uri("mlruns") == (tmp_path / "mlruns").as_uri()
     assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(tmp_path, monkeypatch):
+    from celltune.platform.tracking import experiment_id
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{tmp_path}/work/mlflow.db"
+    (tmp_path / "work").mkdir()
+    client = mlflow.MlflowClient(uri)
+    made = experiment_id(client, "celltune-train", uri)
+    assert experiment_id(client, "celltune-train", uri) == made  # found, not made twice
+    location = client.get_experiment(made).artifact_location
+    assert location == (tmp_path / "work" / "mlruns" / "celltune-train").as_uri()
+    run = client.create_run(made)
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert (tmp_path / "work" / "mlruns" / "celltune-train").is_dir() and not (elsewhere / "mlruns").exists()
