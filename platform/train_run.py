@@ -64,6 +64,8 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
     import mlflow
 
     config, storage_path, name = _prepared(config, storage_path, name, resume)
+    if not local:
+        _ray_that_fits(config, address)  # before anything is written: a run Ray can never place is refused
     tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())  # workers run in other folders
     run_folder = storage_path / name
     link_file = run_folder / RUN_LINK_FILE
@@ -130,6 +132,20 @@ def _prepared(config: TrainConfig, storage_path: Path, name: str | None,
     if storage_path.exists() and not storage_path.is_dir():
         raise UserInputError(f"--storage {storage_path}: is a file, not a folder")
     return config, storage_path, name or time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def _ray_that_fits(config: TrainConfig, address: str | None) -> None:
+    """Start or join Ray and check the run can be placed there (the local Ray's size is fixed)."""
+    import os
+
+    import ray
+
+    from celltune.data_prep.ray_session import ensure_ray
+    from celltune.trainables.ray_train import check_schedulable
+
+    ensure_ray(address)
+    fixed = not (address or os.environ.get("RAY_ADDRESS"))
+    check_schedulable(config, ray.cluster_resources(), fixed_size=fixed)
 
 
 def _fit(config: TrainConfig, storage_path: Path, name: str, observer, *, local: bool, device: str,

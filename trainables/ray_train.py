@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from celltune.data_prep.errors import UserInputError
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.train_loop import TrainingObserver, WorkerContext, train
 
@@ -91,6 +93,34 @@ def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: Trainin
         ),
     )
     return trainer.fit()
+
+
+def check_schedulable(config: TrainConfig, cluster: Mapping[str, float], *, fixed_size: bool) -> None:
+    """Refuse what a cluster of fixed size can never place (Ray would wait forever without a word); on an
+    autoscaling cluster only say what the run waits for.
+
+    Args:
+        cluster: the cluster's total resources (``ray.cluster_resources()``).
+        fixed_size: True for the local Ray this command started, whose size is known for good.
+
+    Raises:
+        UserInputError: the run needs more CPUs or GPUs than a fixed-size cluster has.
+    """
+    resources = config.resources
+    needs = {"CPU": resources.num_workers * resources.cpus_per_worker,
+             "GPU": resources.num_workers * resources.gpus_per_worker}
+    short = [(kind, need, float(cluster.get(kind, 0.0))) for kind, need in needs.items()
+             if need > float(cluster.get(kind, 0.0)) + 1e-9]
+    if not short:
+        return
+    kind, need, have = short[0]
+    wanted = (f"resources: {resources.num_workers} worker(s) x {resources.cpus_per_worker:g} CPU"
+              + (f" + {resources.gpus_per_worker:g} GPU" if resources.gpus_per_worker else "")
+              + f" need {need:g} {kind}")
+    if fixed_size:
+        raise UserInputError(f"{wanted}, the local Ray has {have:g}; lower resources.num_workers or "
+                             f"resources.{'gpus' if kind == 'GPU' else 'cpus'}_per_worker (or train with --local)")
+    logger.warning("%s, the Ray cluster has %g now: the run waits until the cluster scales up", wanted, have)
 
 
 def resource_plan(config: TrainConfig) -> dict[str, Any]:

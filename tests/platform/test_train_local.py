@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,4 +82,34 @@ def test_local_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, expecte
     code = main(["train", "--config", str(config), *extra, "--storage", str(tmp_path / "runs"),
                  "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
     assert code == 2 and expected in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("resources, fixed, refused", [
+    ({"num_workers": 8, "cpus_per_worker": 1}, True, "8 worker(s) x 1 CPU need 8 CPU, the local Ray has 2"),
+    ({"num_workers": 1, "cpus_per_worker": 64}, True, "1 worker(s) x 64 CPU need 64 CPU, the local Ray has 2"),
+    ({"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1}, True, "+ 1 GPU need 1 GPU, the local Ray has 0"),
+    ({"num_workers": 8, "cpus_per_worker": 1}, False, None),  # an autoscaling cluster may grow: only a warning
+    ({"num_workers": 2, "cpus_per_worker": 1}, True, None),
+])
+def test_a_run_the_cluster_can_never_place_is_refused(resources, fixed, refused, caplog):
+    from celltune.data_prep.errors import UserInputError
+    from celltune.trainables.config import TrainConfig
+    from celltune.trainables.ray_train import check_schedulable
+
+    config = TrainConfig.model_validate({"data": {"stores": ["s/A.zarr"]}, "resources": resources})
+    if refused:
+        with pytest.raises(UserInputError, match=re.escape(refused)):
+            check_schedulable(config, {"CPU": 2.0}, fixed_size=fixed)
+    else:
+        check_schedulable(config, {"CPU": 2.0}, fixed_size=fixed)
+        assert ("waits until the cluster scales up" in caplog.text) == (not fixed)
+
+
+@pytest.mark.ray
+def test_train_refuses_more_workers_than_the_local_ray_has_and_writes_nothing(tmp_path, demo_stores, ray_session,
+                                                                              capsys):
+    code = main(["train", "--config", str(_config(tmp_path, demo_stores)), "--set", "resources.num_workers=8",
+                 "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert code == 2 and "need 3.92 CPU, the local Ray has 2" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
