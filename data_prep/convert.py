@@ -136,6 +136,10 @@ class _SequenceConverter:
                                      f"{self.frame_shape}")
             elif frame.dtype != self.dtype:
                 raise UserInputError(f"{self._rel(path)}: dtype {frame.dtype} differs from {first_name} ({self.dtype})")
+            if frame.dtype.kind == "f" and not np.isfinite(frame).all():  # statistics would be nan/inf for good
+                bad = int(np.count_nonzero(~np.isfinite(frame)))
+                raise UserInputError(f"{self._rel(path)}: {bad} pixel(s) are NaN or infinite; raw frames must be "
+                                     "finite numbers")
             self.stats.add(frame)
             writer.write_frame(t, frame)
             self.records.append(record)

@@ -142,4 +142,9 @@ def check_labels(labels: np.ndarray, rel: str) -> np.ndarray:
         low = int(labels.min())
         if low < 0:
             raise UserInputError(f"{rel}: label image has negative values (min {low}); ids must be >= 0")
+    if labels.dtype.itemsize > 4 and labels.size:  # stored as uint32 at most: larger ids would wrap and merge cells
+        high = int(labels.max())
+        if high > np.iinfo(np.uint32).max:
+            raise UserInputError(f"{rel}: label id {high} does not fit 32 bits (ids up to {np.iinfo(np.uint32).max}); "
+                                 "renumber the labels")
     return labels

@@ -41,6 +41,22 @@ def _shorten_track(ds: Path) -> None:
     path.write_text("".join(" ".join(r) + "\n" for r in rows))
 
 
+def _float_raws_with_nan(ds: Path) -> None:
+    """Sequence 02 as float32 frames (a valid raw type), one pixel of t003 not a number."""
+    for path in sorted((ds / "02").glob("t*.tif")):
+        frame = tifffile.imread(path).astype(np.float32)
+        if path.name == "t003.tif":
+            frame[5, 7] = np.nan
+        _break_file(path, frame)
+
+
+def _huge_label_id(ds: Path) -> None:
+    """A label id past 32 bits in an int64 label image: stored as uint32 it would wrap onto another cell."""
+    labels = tifffile.imread(ds / "01_GT/SEG/man_seg002.tif").astype(np.int64)
+    labels[labels == labels.max()] = 2**32 + 1
+    _break_file(ds / "01_GT/SEG/man_seg002.tif", labels)
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -64,6 +80,9 @@ CASES: dict[str, tuple[Callable[[Path], object], str]] = {
                             f"{DS}/02_GT/TRA/man_track.txt: line 1 '1 0 5': expected four integers"),
     "mixed 2D/3D": (lambda ds: _break_file(ds / "01" / "t004.tif", np.zeros((3, 48, 48), np.uint8)),
                     f"{DS}/01/t004.tif: 3D frame (3, 48, 48) in a sequence of 2D frames (t000.tif is (48, 48))"),
+    "NaN raw pixel": (_float_raws_with_nan, f"{DS}/02/t003.tif: 1 pixel(s) are NaN or infinite"),
+    "label id past 32 bits": (_huge_label_id, f"{DS}/01_GT/SEG/man_seg002.tif: label id 4294967297 does not fit "
+                                              "32 bits"),
     "empty dataset": (lambda ds: [shutil.rmtree(p) for p in ds.iterdir()], f"{DS}: empty dataset"),
     "no raw frames": (lambda ds: [p.unlink() for p in (ds / "01").iterdir()], f"{DS}/01: no raw frames"),
 }
