@@ -766,7 +766,8 @@ def predict_to_folder(
         use_ray = len(sources) > 1 or address is not None
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = default_permissions(Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)))
+    remove_abandoned_staging(out)
+    staging = default_permissions(Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)))
     summaries: dict[str, SequenceSummary] = {}
     total = sum(p.num_frames for p in probes.values())
 
@@ -808,6 +809,33 @@ def predict_to_folder(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [summaries[s.name] for s in sources]
+
+
+_STAGING_PID = re.compile(r"\.tmp-(\d+)-")
+
+
+def remove_abandoned_staging(out: Path) -> list[Path]:
+    """Remove the hidden staging folders of earlier predictions into ``out`` whose process is gone (a killed
+    run cannot clean up after itself); folders of a live process, or of unknown owner, are left alone."""
+    removed = []
+    for folder in out.parent.glob(f".{out.name}.tmp-*"):
+        match = _STAGING_PID.search(folder.name[len(out.name) + 1:])
+        if match is None or not folder.is_dir() or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("removed %s, left by an interrupted prediction", folder)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _replace(produced: Path, out: Path) -> None:

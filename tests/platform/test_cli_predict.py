@@ -237,3 +237,16 @@ def test_evaluate_registered_model_logs_to_its_run(checkpoint, dataset, tmp_path
     local = client.download_artifacts(run.info.run_id, "evaluation", str(tmp_path / "dl"))
     table = (Path(local) / f"{predict_helpers.TEST_DATASET}.txt").read_text()
     assert table.splitlines()[:5] == lines[first:first + 5]  # the printed table
+
+
+def test_a_killed_predictions_staging_folder_is_removed_by_the_next_run(checkpoint, dataset, tmp_path):
+    import os
+
+    dead = tmp_path / ".out.tmp-999999999-abcd"  # no such process: a run killed before it could clean up
+    live = tmp_path / f".out.tmp-{os.getpid()}-efgh"  # a run still going
+    unknown = tmp_path / ".out.tmp-ijkl"  # not ours to judge
+    for folder in (dead, live, unknown):
+        (folder / "01_RES").mkdir(parents=True)
+    assert _predict("--model", checkpoint, "--input", dataset / "01", "--out", tmp_path / "out", "--no-ray") == 0
+    assert not dead.exists() and live.is_dir() and unknown.is_dir()
+    assert not [p for p in tmp_path.glob(".out.tmp-*") if p not in (live, unknown)]
