@@ -66,15 +66,36 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+_TYPE_TAG = re.compile(r"^(constrained-|function-|literal\[|int$|float$|str$|bool$|list\[|dict\[|tuple\[|union\[|"
+                       r"lax-|strict-|json-or-python\[|is-instance\[|nullable\[|none$)")
+
+
 def describe_validation_error(exc: ValidationError) -> str:
-    """The first pydantic error as ``dotted.key: problem`` (one line)."""
+    """The first problem as ``dotted.key: problem`` (one line), in the user's keys: pydantic's type tags of
+    union members (``constrained-int``, ``dict[str,...]``) are left out, and the alternatives a union tried are
+    said together."""
     errors = exc.errors(include_url=False)
-    first = errors[0]
-    path = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "literal_error":
+
+    def key_path(error) -> str:
+        return ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and _TYPE_TAG.match(p)))
+
+    # a union tried as a scalar and as a mapping reports both; the deepest path is where the user's value went wrong
+    first = max(errors, key=lambda error: len(key_path(error).split(".")))
+    path = key_path(first)
+    same = [error for error in errors if key_path(error) == path]
+    messages: list[str] = []
+    for error in same:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "literal_error":
+            message = message[0].lower() + message[1:]
+        message = message[0].lower() + message[1:] if messages else message
+        if message not in messages:
+            messages.append(message)
+    message = " / ".join(messages)
+    if first["type"] == "literal_error" or len(messages) > 1:
         message = f"got {first.get('input')!r}; {message[0].lower()}{message[1:]}"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    others = len({key_path(error) for error in errors if not path.startswith(key_path(error))})
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     return f"{path or 'file'}: {message}{more}"

@@ -56,3 +56,20 @@ def test_unreadable_or_non_mapping_yaml(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(UserInputError, match="bad.yaml: line 1: invalid YAML"):
         load_config(TrainConfig, bad)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"batch_size": 0}, "data.batch_size: got 0; input should be greater than 0 / input should be a valid dictionary"),
+    ({"scale": {"A": 9}}, "data.scale.A: Input should be less than or equal to 4"),
+    ({"crop": "big"}, "data.crop: got 'big'; input should be a valid integer"),
+])
+def test_validation_messages_name_the_users_key_not_pydantic_types(data, expected):
+    from pydantic import ValidationError
+
+    from celltune.trainables.config import TrainConfig
+    from celltune.trainables.yaml_files import describe_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        TrainConfig.model_validate({"data": {"stores": ["s/A.zarr"], **data}})
+    message = describe_validation_error(info.value)
+    assert message.startswith(expected) and "constrained-" not in message and "dict[" not in message, message
