@@ -67,6 +67,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     transfer.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames per forward pass")
     transfer.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a threshold for every model, e.g. --set min_area=40 (repeatable)")
+    transfer.add_argument("--tta", action="store_true",
+                          help="test-time augmentation: average over the 8 flips and quarter turns (8x the time)")
     transfer.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     transfer.set_defaults(handler=_transfer)
 
@@ -166,7 +168,7 @@ def _transfer(args: argparse.Namespace) -> int:
               + (" (trained on it)" if score.seen else ""), flush=True)
 
     table = transfer_report(loaded, datasets, overrides=overrides, options=PredictOptions(
-        device=args.device, batch_size=args.batch_size, track=False), show_progress=not args.no_progress,
+        device=args.device, batch_size=args.batch_size, track=False, tta=args.tta), show_progress=not args.no_progress,
         on_score=report)
     print(table.format())
     if args.out is not None:

@@ -38,6 +38,8 @@ def add_model_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     parser.add_argument("--scale", type=float, default=None, metavar="FACTOR",
                         help="resample frames by this factor for the network (default: the factor the model was "
                              "trained at for --dataset, or its only one)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average over the 8 flips and quarter turns (8x the time)")
     parser.add_argument("--no-track", action="store_true",
                         help="skip tracking: every object is its own one-frame track")
     parser.add_argument("--address", default=None,
@@ -101,7 +103,7 @@ def prediction_options(args: argparse.Namespace, tracking: Mapping[str, Any]):
         raise UserInputError(f"--no-ray and --address {args.address}: choose one (Ray tasks on that cluster, or "
                              f"this process)")
     return PredictOptions(device=args.device, max_tile=args.tile or DEFAULT_MAX_TILE, batch_size=args.batch_size,
-                          track=not args.no_track, tracking=dict(tracking), scale=args.scale)
+                          track=not args.no_track, tracking=dict(tracking), scale=args.scale, tta=args.tta)
 
 
 def thresholds(loaded, dataset: str | None, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -367,11 +367,14 @@ def time_window_of(model) -> int:
     return int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
 
 
-def _check_time_window(model, ndim: int, where: str) -> None:
-    """Temporal models slide over 2D sequences; their windows of 3D volumes are not defined."""
+def _check_time_window(model, ndim: int, where: str, tta: bool = False) -> None:
+    """Temporal models slide over 2D sequences; their windows of 3D volumes are not defined, nor is TTA."""
     if time_window_of(model) > 1 and ndim != 2:
         raise UserInputError(f"{where}: the model sees windows of {time_window_of(model)} 2D frames; "
                              f"this sequence has {ndim}D frames")
+    if time_window_of(model) > 1 and tta:
+        raise UserInputError(f"{where}: --tta averages single frames; the model sees windows of "
+                             f"{time_window_of(model)} frames")
 
 
 def _tracking_check(params: Mapping[str, Any], ndim: int) -> dict[str, Any]:
@@ -397,6 +400,7 @@ class PredictOptions:
         tracking: keyword arguments of :func:`~celltune.platform.cell_tracker.track_sequence`.
         amp: mixed precision (None: on for CUDA only).
         scale: resample frames by this factor for the network (None: the model's own, see :func:`model_scale`).
+        tta: average the probabilities over the 8 flips and quarter turns (:mod:`celltune.trainables.tta`).
     """
 
     device: str = "cpu"
@@ -406,6 +410,7 @@ class PredictOptions:
     tracking: Mapping[str, Any] = field(default_factory=dict)
     amp: bool | None = None
     scale: float | None = None
+    tta: bool = False
 
 
 def model_scale(description: Mapping[str, Any], dataset: str | None = None) -> float:
@@ -475,13 +480,19 @@ def frame_probabilities(model, description: Mapping[str, Any], images: Sequence[
     """Per-class probabilities ``(C, Y, X)`` or ``(C, Z, Y, X)`` of normalized single frames (2D) or volumes (3D,
     their z-slices through the 2D network) for a single-frame model."""
     from celltune.trainables.inference import activation_for, predict_probabilities
+    from celltune.trainables.tta import DIHEDRAL, with_tta
 
-    predict = {"size_multiple": int(description["model"]["size_multiple"]),
-               "activation": activation_for(description["model"]["target_kind"]), "device": options.device,
-               "amp": options.amp, "batch_size": options.batch_size, "max_tile": options.max_tile, "scale": scale}
+    settings = {"size_multiple": int(description["model"]["size_multiple"]),
+                "activation": activation_for(description["model"]["target_kind"]), "device": options.device,
+                "amp": options.amp, "batch_size": options.batch_size, "max_tile": options.max_tile, "scale": scale}
+
+    def predict(frames: np.ndarray) -> np.ndarray:
+        plain = lambda x: predict_probabilities(model, x, **settings)  # noqa: E731
+        return with_tta(plain, frames, DIHEDRAL) if options.tta else plain(frames)
+
     if images[0].ndim == 2:
-        return list(predict_probabilities(model, np.stack(images), **predict))
-    return [np.moveaxis(predict_probabilities(model, image, **predict), 1, 0) for image in images]
+        return list(predict(np.stack(images)))
+    return [np.moveaxis(predict(image), 1, 0) for image in images]
 
 
 def iter_predict_sequence(
@@ -545,7 +556,7 @@ def iter_predict_sequence(
         raw = [cache.pop(t) if t in cache else frames.read(t) for t in range(first, last)]
         if tracking is None:
             check_model_fits(description, raw[0].ndim, source.where)
-            _check_time_window(model, raw[0].ndim, source.where)
+            _check_time_window(model, raw[0].ndim, source.where, options.tta)
             tracking = _tracking_check(options.tracking, raw[0].ndim) if options.track else {}
         images = [normalize(frame, stats, method) for frame in raw]
         timings["read"] += time.perf_counter() - clock
@@ -758,7 +769,7 @@ def predict_to_folder(
     probes = {s.name: probe_sequence(s) for s in sources}
     for source in sources:  # everything checkable before any inference
         check_model_fits(description, probes[source.name].ndim, source.where, model_uri)
-        _check_time_window(model, probes[source.name].ndim, source.where)
+        _check_time_window(model, probes[source.name].ndim, source.where, options.tta)
         if options.track:
             _tracking_check(options.tracking, probes[source.name].ndim)
     checked_postprocess_params(description["model"]["target_kind"], postprocess_params)

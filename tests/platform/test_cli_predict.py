@@ -250,3 +250,9 @@ def test_a_killed_predictions_staging_folder_is_removed_by_the_next_run(checkpoi
     assert _predict("--model", checkpoint, "--input", dataset / "01", "--out", tmp_path / "out", "--no-ray") == 0
     assert not dead.exists() and live.is_dir() and unknown.is_dir()
     assert not [p for p in tmp_path.glob(".out.tmp-*") if p not in (live, unknown)]
+
+
+def test_predict_with_tta_writes_a_valid_result(checkpoint, dataset, tmp_path, predict_helpers):
+    assert _predict("--model", checkpoint, "--input", dataset / "01", "--out", tmp_path / "out", "--no-ray",
+                    "--tta") == 0
+    assert predict_helpers.ctc_valid(tmp_path / "out") == 1
