@@ -21,6 +21,7 @@ from celltune.platform import (
     cli_predict,
     cli_search,
     cli_train,
+    cli_ui,
     demo,
 )
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_evaluate.add_parser(commands)
     cli_models.add_parser(commands)
     cli_leave_out.add_parser(commands)
+    cli_ui.add_parser(commands)
     return parser
 
 

@@ -63,7 +63,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     transfer.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw the heat-map here")
     transfer.add_argument("--no-log", action="store_true",
                           help="do not log the table to the registered versions' MLflow runs")
-    transfer.add_argument("--device", default="cpu", help="where the networks run: cpu or cuda (default cpu)")
+    transfer.add_argument("--device", default="auto",
+                          help="where the networks run: auto (default: CUDA where present, else CPU), cpu, cuda[:N]")
     transfer.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames per forward pass")
     transfer.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a threshold for every model, e.g. --set min_area=40 (repeatable)")
@@ -145,6 +146,7 @@ def _transfer(args: argparse.Namespace) -> int:
         transfer_report,
         write_heatmap,
     )
+    from celltune.trainables.inference import resolve_device
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size {args.batch_size}: must be >= 1")
@@ -168,7 +170,8 @@ def _transfer(args: argparse.Namespace) -> int:
               + (" (trained on it)" if score.seen else ""), flush=True)
 
     table = transfer_report(loaded, datasets, overrides=overrides, options=PredictOptions(
-        device=args.device, batch_size=args.batch_size, track=False, tta=args.tta), show_progress=not args.no_progress,
+        device=str(resolve_device(args.device)), batch_size=args.batch_size, track=False, tta=args.tta),
+        show_progress=not args.no_progress,
         on_score=report)
     print(table.format())
     if args.out is not None:

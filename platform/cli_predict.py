@@ -27,7 +27,8 @@ as track.KEY (track.max_displacement=30, track.min_overlap=0.2, track.divisions=
 
 def add_model_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, progress: bool = True) -> None:
     """Options of running a model on sequences, shared by `predict` and `evaluate --model`."""
-    parser.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="auto",
+                        help="where the network runs: auto (default: CUDA where present, else CPU), cpu, cuda[:N]")
     parser.add_argument("--tile", type=int, default=None, metavar="N",
                         help="tile frames whose (padded) side exceeds N px (default 1024; smaller forces tiling)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames or tiles per forward pass")
@@ -102,7 +103,10 @@ def prediction_options(args: argparse.Namespace, tracking: Mapping[str, Any]):
     if args.no_ray and args.address:
         raise UserInputError(f"--no-ray and --address {args.address}: choose one (Ray tasks on that cluster, or "
                              f"this process)")
-    return PredictOptions(device=args.device, max_tile=args.tile or DEFAULT_MAX_TILE, batch_size=args.batch_size,
+    from celltune.trainables.inference import resolve_device
+
+    device = str(resolve_device(args.device))  # auto becomes a concrete device: Ray tasks ask for a GPU by it
+    return PredictOptions(device=device, max_tile=args.tile or DEFAULT_MAX_TILE, batch_size=args.batch_size,
                           track=not args.no_track, tracking=dict(tracking), scale=args.scale, tta=args.tta)
 
 

@@ -134,7 +134,7 @@ def _demo(args) -> int:
           f"predictions: {predictions}  (CTC result format: maskNNN.tif + res_track.txt)")
     print(f"finished in {time.monotonic() - started:.0f} s\n\nnext:")
     uri = paths.tracking_uri
-    print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1        # runs, curves, overlays, registry")
+    print(f"  celltune ui --tracking-uri {uri}        # runs, curves, overlays, registry (127.0.0.1:5000)")
     print(f"  celltune models show {result.registered_name} --tracking-uri {uri}")
     print(f"  celltune models promote {result.registered_name} {result.registered_version} --tracking-uri {uri}")
     print(f"  celltune predict --model models:/{result.registered_name}@champion --input YOUR_SEQUENCE "

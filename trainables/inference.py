@@ -53,11 +53,13 @@ def activation_for(target_kind: str) -> Activation:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``, checked to exist on this machine.
+    """``device`` as a ``torch.device``, checked to exist on this machine (``auto``: CUDA where present).
 
     Raises:
         UserInputError: unparsable device, or CUDA/MPS requested where it is not available.
     """
+    if device == "auto":  # the first CUDA device where there is one, else the CPU
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):

@@ -36,8 +36,6 @@ class LocalResult:
 
 def local_device(requested: str = "auto") -> torch.device:
     """``auto``: the first CUDA device where there is one, else the CPU; anything else as ``resolve_device``."""
-    if requested == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     return resolve_device(requested)
 
 

@@ -21,4 +21,4 @@ def test_demo_generates_searches_registers_predicts_and_scores(tmp_path, ray_ses
     (predictions,) = (workdir / "predictions").iterdir()
     result = read_ctc_result(predictions / "01_RES")  # a valid CTC result folder
     assert len(result.masks) == 12
-    assert f"mlflow ui --backend-store-uri sqlite:///{workdir.resolve()}/mlflow.db --host 127.0.0.1" in out
+    assert f"celltune ui --tracking-uri sqlite:///{workdir.resolve()}/mlflow.db" in out
