@@ -287,6 +287,7 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
         "celltune.normalization": str(description.get("normalization", "minmax")),
         "celltune.key_settings": json.dumps(key_settings(description.get("train_config", {})), sort_keys=True),
         **provenance_tags(description.get("train_config") or {}),
+        **_cost_tags(description),
         **dict(tags or {}),
     }
     # Tags go in with the version, so a version never exists without them (a resumed search looks for them).
@@ -295,6 +296,20 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return client.get_model_version(name, version.version)
+
+
+def _cost_tags(description: Mapping[str, Any]) -> dict[str, str]:
+    """``celltune.params`` and ``celltune.gmac_512`` (convolution GMac per 512x512 frame), counted on the meta
+    device (no weights, no compute); empty, with a log line, for a model that cannot be traced so."""
+    from celltune.trainables.complexity import model_cost
+    from celltune.trainables.registry import model_from_config
+
+    try:
+        cost = model_cost(model_from_config(description["model"]))
+    except Exception as exc:  # a cost is a nicety; never fail a registration over it
+        logger.warning("no cost tags for %s: %s", description["model"].get("name"), exc)
+        return {}
+    return {"celltune.params": str(int(cost["params"])), "celltune.gmac_512": f"{cost['gmac_512']:.3f}"}
 
 
 def _input_example(description: Mapping[str, Any]):

@@ -28,6 +28,8 @@ TAG_ARCHITECTURE = "celltune.architecture"
 TAG_TARGET_KIND = "celltune.target_kind"
 TAG_POSTPROCESS = "celltune.postprocess"
 TAG_NORMALIZATION = "celltune.normalization"
+TAG_PARAMS = "celltune.params"
+TAG_GMAC = "celltune.gmac_512"
 TAG_KEY_SETTINGS = "celltune.key_settings"
 TAG_SEARCH = "celltune.search"
 TAG_TRIAL = "celltune.trial_id"
@@ -134,6 +136,15 @@ class VersionView:
     @property
     def architecture(self) -> str | None:
         return self.tags.get(TAG_ARCHITECTURE)
+
+    @property
+    def params(self) -> float | None:
+        return _float_tag(self.tags, TAG_PARAMS)
+
+    @property
+    def gmac(self) -> float | None:
+        """Convolution GMac per 512x512 frame."""
+        return _float_tag(self.tags, TAG_GMAC)
 
     @property
     def postprocess(self) -> dict[str, Any]:
@@ -345,6 +356,7 @@ def format_version(view: VersionView, evaluations: Mapping[tuple[str, str], Mapp
         ("target kind", view.tags.get(TAG_TARGET_KIND, _MISSING)),
         ("normalization", view.tags.get(TAG_NORMALIZATION, _MISSING)),
         ("seg_mean", format_value(view.seg_mean)),
+        ("cost", _cost_text(view)),
         ("search", _MISSING if not search else search + (f" (trial {trial})" if trial else "")),
     ]
     width = max(len(label) for label, _ in facts)
@@ -373,11 +385,23 @@ def format_compare(views: Sequence[VersionView]) -> str:
     settings: list[str] = []
     for view in views:
         settings += [key for key in view.key_settings if key not in settings]
-    header = ["version", "aliases", "architecture", "seg_mean", *(f"seg/{d}" for d in datasets), *settings]
+    header = ["version", "aliases", "architecture", "seg_mean", *(f"seg/{d}" for d in datasets), "params",
+              "GMac/512px", *settings]
     rows = []
     for view in views:
         metrics, chosen = view.metrics, view.key_settings
         rows.append([str(view.version), _aliases_text(view.aliases), view.architecture or _MISSING,
                      format_value(view.seg_mean), *(format_value(metrics.get(f"seg/{d}")) for d in datasets),
+                     _millions(view.params), format_value(view.gmac),
                      *(format_value(chosen.get(key)) for key in settings)])
     return format_table(header, rows)
+
+
+def _millions(count: float | None) -> str:
+    return _MISSING if count is None else f"{count / 1e6:.2f}M"
+
+
+def _cost_text(view: VersionView) -> str:
+    if view.params is None and view.gmac is None:
+        return _MISSING
+    return f"{_millions(view.params)} parameters, {format_value(view.gmac)} GMac per 512x512 frame"

@@ -71,3 +71,14 @@ def count_conv_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         for handle in handles:
             handle.remove()
     return total
+
+
+COST_SIDE = 512  # the frame side costs are quoted at
+
+
+def model_cost(model: nn.Module) -> dict[str, float]:
+    """What a model costs beside what it scores: parameters and convolution GMac per 512x512 frame (for a
+    temporal model, per window of frames)."""
+    time_window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
+    shape = (1, time_window, 1, COST_SIDE, COST_SIDE) if time_window > 1 else (1, 1, COST_SIDE, COST_SIDE)
+    return {"params": float(count_parameters(model)), "gmac_512": count_conv_macs(model, shape) / 1e9}

@@ -21,12 +21,12 @@ from celltune.platform.registry_views import VersionView, format_table
 HELA, SIM = "DIC-C2DH-HeLa", "Fluo-N2DH-SIMplus"
 SETTINGS = {"crop": 256, "datasets": ["DIC-C2DH-HeLa", "Fluo-N2DH-SIM+"], "epochs": 30, "loss": "ce",
             "lr": 0.0001, "scheduler": "cosine", "scheme": "acc"}
-# version -> (seg_mean, seg per dataset, architecture, crop); version 4 has no seg_mean tag
-VERSIONS = {1: (0.812, (0.7, 0.924), "xbnet", 256), 2: (0.774, (0.65, 0.898), "unet", 512),
+# version -> (seg_mean, seg per dataset, architecture, crop[, cost]); version 4 has no seg_mean tag
+VERSIONS = {1: (0.812, (0.7, 0.924), "xbnet", 256, (11375683, 98.5)), 2: (0.774, (0.65, 0.898), "unet", 512),
             3: (0.83, (0.74, 0.92), "xbnet", 384), 4: (None, (0.5, 0.6), "xbnet", 256)}
 
 
-def _tags(seg_mean, seg, architecture, crop) -> dict[str, str]:
+def _tags(seg_mean, seg, architecture, crop, cost=None) -> dict[str, str]:
     metrics = {f"seg/{HELA}": seg[0], f"seg/{SIM}": seg[1], f"iou/{HELA}": seg[0] - 0.05,
                f"iou/{SIM}": seg[1] - 0.05, "iou_mean": round((seg[0] + seg[1]) / 2 - 0.05, 4), "step": 120.0}
     tags = {
@@ -42,6 +42,8 @@ def _tags(seg_mean, seg, architecture, crop) -> dict[str, str]:
     }
     if seg_mean is not None:
         tags["celltune.seg_mean"] = str(seg_mean)
+    if cost is not None:  # parameters and GMac per 512x512 frame, as registration records them
+        tags["celltune.params"], tags["celltune.gmac_512"] = str(cost[0]), str(cost[1])
     return tags
 
 
@@ -167,14 +169,14 @@ def test_compare_puts_versions_side_by_side(store, capsys):
     code, out, _ = _run(capsys, "compare", "cells", "--tracking-uri", store)
     assert code == 0
     assert out.splitlines()[0].split() == ["version", "aliases", "architecture", "seg_mean", f"seg/{HELA}",
-                                           f"seg/{SIM}", "crop", "datasets", "epochs", "loss", "lr", "scheduler",
-                                           "scheme"]
+                                           f"seg/{SIM}", "params", "GMac/512px", "crop", "datasets", "epochs",
+                                           "loss", "lr", "scheduler", "scheme"]
     rows = _rows(out)
-    assert rows["1"][:7] == ["1", "champion", "xbnet", "0.8120", "0.7000", "0.9240", "256"]
-    assert rows["2"][:7] == ["2", "candidate", "unet", "0.7740", "0.6500", "0.8980", "512"]
-    assert rows["3"][:7] == ["3", "-", "xbnet", "0.8300", "0.7400", "0.9200", "384"]
+    assert rows["1"][:9] == ["1", "champion", "xbnet", "0.8120", "0.7000", "0.9240", "11.38M", "98.5000", "256"]
+    assert rows["2"][:9] == ["2", "candidate", "unet", "0.7740", "0.6500", "0.8980", "-", "-", "512"]
+    assert rows["3"][:9] == ["3", "-", "xbnet", "0.8300", "0.7400", "0.9200", "-", "-", "384"]
     assert rows["4"][:4] == ["4", "-", "xbnet", "-"]
-    assert rows["1"][7:] == ["DIC-C2DH-HeLa,Fluo-N2DH-SIM+", "30", "ce", "0.0001", "cosine", "acc"]
+    assert rows["1"][9:] == ["DIC-C2DH-HeLa,Fluo-N2DH-SIM+", "30", "ce", "0.0001", "cosine", "acc"]
 
 
 def test_promote_moves_alias_and_records_who_when_why(store, capsys):

@@ -57,6 +57,11 @@ def test_registered_version_carries_tags_alias_and_loads_by_alias_and_version(re
     assert json.loads(tags["celltune.postprocess"])["per_dataset"] == {"Synth-Round": {"min_area": 5, "hole_area": 0}}
     assert json.loads(tags["celltune.key_settings"])["datasets"] == ["Synth-Round"]
     assert tags["celltune.architecture"] == "unet" and tags["celltune.search"] == "s1"
+    from celltune.trainables.complexity import count_conv_macs, count_parameters
+
+    unet = build_model("unet", width=8)  # what it costs beside what it scores
+    assert int(tags["celltune.params"]) == count_parameters(unet)
+    assert float(tags["celltune.gmac_512"]) == pytest.approx(count_conv_macs(unet, (1, 1, 512, 512)) / 1e9, abs=1e-3)
 
     by_alias = load_model("models:/cells@candidate", uri)
     by_version = load_model("models:/cells/1", uri)
