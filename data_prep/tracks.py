@@ -46,7 +46,9 @@ def parse_man_track(text: str, rel: str) -> np.ndarray:
     for label, begin, _end, parent in table:
         if parent == 0:
             continue
-        if parent == label or parent not in by_label:
+        if parent == label:
+            raise UserInputError(f"{rel}: line {line_of[int(label)]}: track {label} names itself as its parent")
+        if parent not in by_label:
             raise UserInputError(f"{rel}: line {line_of[int(label)]}: parent {parent} of track {label} is not a track")
         if by_label[int(parent)][2] >= begin:
             raise UserInputError(f"{rel}: line {line_of[int(label)]}: parent {parent} ends at frame "

@@ -133,6 +133,7 @@ def test_man_track_parse_and_rules() -> None:
         "1 0 4 0\n1 5 6 0\n": "line 2: track 1 already defined on line 1",
         "1 0 4 0\n2 3 9 1\n": "parent 1 ends at frame 4, not before track 2 begins at 3",
         "2 3 9 7\n": "parent 7 of track 2 is not a track",
+        "1 0 4 0\n2 5 9 2\n": "line 2: track 2 names itself as its parent",
     }
     for text, message in bad.items():
         with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
