@@ -325,8 +325,22 @@ def prep_datasets(
     layouts = discover(src, list(datasets) if datasets is not None else None)
     _check_targets(out_dir, layouts)
     _check_man_tracks(layouts)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PrepReport(out_dir)
+    try:
+        _prep_locked(out_dir, layouts, report, force=force, address=address, show_progress=show_progress, seed=seed)
+    except BaseException:
+        # a folder this run made and left with nothing but its lock is removed: a failed prep leaves no trace
+        if created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {sf.LOCK_FILE}:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _prep_locked(out_dir: Path, layouts: list[DatasetLayout], report: PrepReport, *, force: bool,
+                 address: str | None, show_progress: bool, seed: int) -> None:
     with _lock(out_dir):
         todo = []
         for layout in layouts:
@@ -350,5 +364,3 @@ def prep_datasets(
         table = index_mod.build_index(out_dir, seed=seed)
         index_mod.write_index(table, out_dir)
         report.index_rows = table.num_rows
-    report.seconds = time.perf_counter() - t0
-    return report
