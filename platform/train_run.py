@@ -97,7 +97,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
         client.set_terminated(run_id, status="FAILED")
         raise
     if checkpoint_dir is not None:
-        client.log_artifacts(run_id, str(checkpoint_dir), "checkpoint")
+        _log_checkpoint(client, run_id, checkpoint_dir)
     client.set_terminated(run_id, status="FINISHED")
     return TrainRunResult(name=name, mlflow_run_id=run_id, tracking_uri=tracking_uri, metrics=metrics,
                           checkpoint_dir=checkpoint_dir)
@@ -132,6 +132,24 @@ def _prepared(config: TrainConfig, storage_path: Path, name: str | None,
     if storage_path.exists() and not storage_path.is_dir():
         raise UserInputError(f"--storage {storage_path}: is a file, not a folder")
     return config, storage_path, name or time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def _log_checkpoint(client, run_id: str, checkpoint_dir: Path) -> None:
+    """Log the checkpoint to the run with environment secrets masked in its model card (a tracking server is
+    shared more widely than the run's own storage, which keeps the card as written: resuming reads it)."""
+    import shutil
+    import tempfile
+
+    from celltune.platform.tracking import mask_secrets
+    from celltune.trainables.train_loop import CONFIG_FILE
+
+    with tempfile.TemporaryDirectory(prefix="celltune-checkpoint-") as scratch:
+        copy = Path(scratch) / "checkpoint"
+        shutil.copytree(checkpoint_dir, copy)
+        card = copy / CONFIG_FILE
+        if card.is_file():
+            card.write_text(json.dumps(mask_secrets(json.loads(card.read_text())), indent=2))
+        client.log_artifacts(run_id, str(copy), "checkpoint")
 
 
 def _ray_that_fits(config: TrainConfig, address: str | None) -> None:

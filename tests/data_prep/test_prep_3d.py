@@ -162,4 +162,4 @@ def test_slice_outside_the_volume_is_rejected(src: Path, tmp_path: Path, ray_ses
     with pytest.raises(UserInputError, match=f"{SLICES}/02_GT/SEG/man_seg_001_009.tif: slice z=9 outside raw frame "
                                              f"t001.tif \\(depth {Z}\\)"):
         prep_datasets(bad, tmp_path / "out", show_progress=False)
-    assert not any(".zarr" in p.name for p in (tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # made by the failed run, so removed with everything in it

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from celltune.trainables.config import TrainConfig
 from celltune.trainables.secrets import MASK, redact_uri
 
 SECRET = "s3cr3t-t0ken-value"
@@ -29,19 +28,31 @@ def test_an_environment_secret_in_a_uri_is_masked_too(monkeypatch):
     assert redact_uri(f"http://host/?token={SECRET}") == f"http://host/?token={MASK}"
 
 
-@pytest.mark.ray  # the demo_stores fixture prepares its stores with Ray
-def test_a_checkpoint_model_card_masks_environment_secrets(demo_stores: Path, train_in_test, tmp_path, monkeypatch):
+def test_settings_named_like_credentials_are_not_secrets():
+    from celltune.trainables.secrets import secret_values
+
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/root/.ray/auth_token", "MY_API_TOKEN": SECRET}
+    assert secret_values(env) == {SECRET}  # else every "token" in a config would be blanked
+
+
+def test_the_logged_checkpoint_masks_secrets_and_the_stored_one_stays_usable(tmp_path, monkeypatch):
+    import mlflow
+
+    from celltune.platform.train_run import _log_checkpoint
+
     monkeypatch.setenv("CELLTUNE_TEST_API_TOKEN", SECRET)
-    hidden = tmp_path / SECRET  # a store path that carries a credential, as a presigned URL would
-    hidden.mkdir()
-    (hidden / "Synth-Round.zarr").symlink_to(demo_stores / "Synth-Round.zarr", target_is_directory=True)
-    (hidden / "index.parquet").symlink_to(demo_stores / "index.parquet")
-    config = TrainConfig.model_validate({
-        "data": {"stores": [str(hidden / "Synth-Round.zarr")], "configuration": "all-st", "crop": 32,
-                 "batch_size": 2},
-        "model": {"name": "unet", "options": {"width": 8}},
-        "training": {"epochs": 1, "steps_per_epoch": 2, "precision": "fp32"},
-    })
-    card = (train_in_test(config).checkpoint / "celltune_model.json").read_text()
-    assert SECRET not in card
-    assert json.loads(card)["train_config"]["data"]["stores"] == [str(tmp_path / MASK / "Synth-Round.zarr")]
+    checkpoint = tmp_path / "checkpoint_000001"
+    checkpoint.mkdir()
+    card = {"train_config": {"data": {"stores": [f"/data/{SECRET}/Synth-Round.zarr"]}}}
+    (checkpoint / "celltune_model.json").write_text(json.dumps(card))
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("x", artifact_location=(tmp_path / "a").as_uri())).info.run_id
+    _log_checkpoint(client, run_id, checkpoint)
+    logged = Path(client.download_artifacts(run_id, "checkpoint", str(tmp_path / "down")))
+    assert SECRET not in (logged / "celltune_model.json").read_text()
+    assert json.loads((logged / "celltune_model.json").read_text())["train_config"]["data"]["stores"] == [
+        f"/data/{MASK}/Synth-Round.zarr"]
+    assert (logged / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((checkpoint / "celltune_model.json").read_text()) == card  # resuming reads the real paths
