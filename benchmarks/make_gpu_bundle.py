@@ -5,7 +5,7 @@ The subset is each shared CTC dataset's first ``--frames`` frames of every seque
 copied; man_track.txt cut there), prepared by ``celltune data prep``. The bundle goes to ``gpu_bundle/`` (git
 ignores it; name it in the device run's ``carry``). Nothing of the data is committed.
 
-    .venv/bin/python benchmarks/make_gpu_bundle.py --data ../shared/data/ctc [--frames 20] [--out gpu_bundle]
+    .venv/bin/python benchmarks/make_gpu_bundle.py --data ../shared/data/ctc [--frames 16] [--out gpu_bundle]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def head_of_dataset(source: Path, target: Path, frames: int) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the shared CTC datasets")
-    parser.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
+    parser.add_argument("--frames", type=int, default=16, help="frames per sequence (default 16: about 51 MiB)")
     parser.add_argument("--out", type=Path, default=Path("gpu_bundle"))
     parser.add_argument("--no-wheels", action="store_true", help="only the stores")
     args = parser.parse_args()
