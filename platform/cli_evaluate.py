@@ -143,14 +143,10 @@ def dataset_sequences(data: Path) -> list:
         UserInputError: no such folder, no sequence folders, or none with GT tracking markers.
     """
     from celltune.data_prep.errors import UserInputError
-    from celltune.platform.predict import find_sequences
+    from celltune.platform.predict import ctc_dataset_sources
 
     data = Path(data)
-    if not data.is_dir():
-        raise UserInputError(f"{data}: dataset folder not found")
-    sources, collection = find_sequences(data)
-    if not collection or any(s.kind != "ctc" for s in sources):
-        raise UserInputError(f"{data}: not a CTC dataset folder (expected NN/tNNN.tif and NN_GT/TRA)")
+    sources = ctc_dataset_sources(data, "NN/tNNN.tif and NN_GT/TRA")
     scored = [s for s in sources if (data / f"{s.name}_GT" / "TRA").is_dir()]
     skipped = sorted(s.name for s in sources if s not in scored)
     if not scored:

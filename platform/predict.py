@@ -121,6 +121,21 @@ def _ctc_frames(folder: Path) -> tuple[tuple[Path, ...], int] | None:
     return tuple(by_t[t] for t in range(len(by_t))), digits
 
 
+def ctc_dataset_sources(data: Path, expected: str) -> list[SequenceSource]:
+    """The sequences of CTC dataset folder ``data``.
+
+    Raises:
+        UserInputError: no such folder, or not a CTC dataset folder (``expected`` says what was looked for).
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise UserInputError(f"{data}: dataset folder not found")
+    sources, collection = find_sequences(data)
+    if not collection or any(s.kind != "ctc" for s in sources):
+        raise UserInputError(f"{data}: not a CTC dataset folder (expected {expected})")
+    return sources
+
+
 def find_sequences(path: Path) -> tuple[list[SequenceSource], bool]:
     """The sequences at ``path`` and whether it is a collection (results go to ``out/<seq>_RES``).
 

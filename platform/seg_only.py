@@ -50,14 +50,10 @@ def seg_only_sequences(data: Path) -> list:
     Raises:
         UserInputError: no such folder, not a CTC dataset folder, or no sequence with GT SEG frames.
     """
-    from celltune.platform.predict import find_sequences
+    from celltune.platform.predict import ctc_dataset_sources
 
     data = Path(data)
-    if not data.is_dir():
-        raise UserInputError(f"{data}: dataset folder not found")
-    sources, collection = find_sequences(data)
-    if not collection or any(s.kind != "ctc" for s in sources):
-        raise UserInputError(f"{data}: not a CTC dataset folder (expected NN/tNNN.tif and NN_GT/SEG)")
+    sources = ctc_dataset_sources(data, "NN/tNNN.tif and NN_GT/SEG")
     scored = [s for s in sources if gt_seg_frames(data / f"{s.name}_GT")]
     if not scored:
         raise UserInputError(f"{data}: no sequence has GT SEG frames (NN_GT/SEG/man_segTTT.tif), which --seg-only "
