@@ -52,14 +52,19 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--prefix", default="alone-", help="individual runs are named PREFIX<dataset>")
     parser.add_argument("--skip-training", action="store_true", help="only read the runs back")
+    parser.add_argument("--only", action="append", metavar="DATASET",
+                        help="train only this dataset's individual run (repeatable; to finish an interrupted run)")
     args = parser.parse_args()
     config = yaml.safe_load(CONFIG.read_text())
     datasets = [Path(store).name.removesuffix(".zarr") for store in config["data"]["stores"]]
     minutes = config["training"]["max_minutes"] / len(datasets)
     stores = args.stores.resolve()
+    unknown = sorted(set(args.only or ()) - set(datasets))
+    if unknown:
+        raise SystemExit(f"--only {unknown[0]}: not a dataset of {CONFIG.name} ({', '.join(datasets)})")
     if not args.skip_training:
         runs = [(f"{args.prefix}{dataset}", individual_overrides(config, dataset, stores, minutes))
-                for dataset in datasets]
+                for dataset in datasets if not args.only or dataset in args.only]
         if not args.reuse_universal:
             universal_stores = ", ".join(str(stores / f"{dataset}.zarr") for dataset in datasets)
             runs.insert(0, (args.universal_run, [f"data.stores=[{universal_stores}]"]))
