@@ -10,6 +10,28 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+WORKER_LOGS_ENV = "CELLTUNE_WORKER_LOGS"  # "1": Ray forwards every worker's output to this console (`-v`)
+
+
+def worker_logs_to_console() -> bool:
+    """Whether Ray should forward workers' stdout/stderr here. Off by default: a training worker's bar and
+    warnings reach the driver through celltune's own channel, and the rest (Ray's per-process prefixes, its
+    controller's state messages) stays in Ray's session logs (:func:`worker_log_folder`)."""
+    return os.environ.get(WORKER_LOGS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def worker_log_folder() -> str | None:
+    """Where this Ray session keeps its processes' logs, or None without a Ray session."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        from ray._private.worker import global_worker
+
+        return global_worker.node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - a client connection has no local node; nothing to point at
+        return None
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -24,7 +46,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=worker_logs_to_console())
         return
     # On Linux Ray replaces 127.0.0.1 by the machine's address and listens on every interface; its single-node
     # mode (the Windows/macOS default) keeps every listener on loopback. Set for the processes ray.init starts
@@ -41,6 +63,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
+            log_to_driver=worker_logs_to_console(),
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = previous_flag

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"celltune {version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level, with the libraries' output and Ray workers' on the console "
+                             "(otherwise in the run's celltune.log)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.add_parser(commands)
     cli_data.add_parser(commands)
@@ -71,7 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:  # MLflow sets its own loggers to INFO ("Creating initial MLflow database tables...")
+    if args.verbose:  # Ray forwards every worker's output too
+        from celltune.data_prep.ray_session import WORKER_LOGS_ENV
+
+        os.environ[WORKER_LOGS_ENV] = "1"
+    else:  # MLflow sets its own loggers to INFO ("Creating initial MLflow database tables...")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         # and draws a bar for every model download, a few kB here, that would sit above celltune's own output
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

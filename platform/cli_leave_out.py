@@ -21,8 +21,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="override a recipe value, e.g. --set training.max_minutes=10 (repeatable)")
     parser.add_argument("--shots", default=DEFAULT_SHOTS, metavar="K,K,...",
                         help=f"GT frames of the left-out dataset to train on; 0 is zero-shot (default {DEFAULT_SHOTS})")
-    parser.add_argument("--minutes", type=float, default=5.0,
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None,
                         help="training minutes of each fine-tuning and each scratch run (default 5)")
+    budget.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps of each fine-tuning and each scratch run instead: the same work on a "
+                             "busy machine as on a quiet one")
     parser.add_argument("--universal", default=None, metavar="URI",
                         help="use this model (models:/NAME@ALIAS or a checkpoint folder) instead of training the "
                              "recipe on the other datasets")
@@ -36,13 +40,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _leave_out(args: argparse.Namespace) -> int:
-    from celltune.data_prep.errors import UserInputError
     from celltune.platform.config_io import load_config
-    from celltune.platform.leave_out import parse_shots, run_leave_out
+    from celltune.platform.leave_out import ShotBudget, parse_shots, run_leave_out
     from celltune.trainables.config import TrainConfig
 
-    if not args.minutes > 0:
-        raise UserInputError(f"--minutes {args.minutes}: must be > 0")
+    if args.steps is not None:
+        budget = ShotBudget(steps=args.steps)
+    else:
+        budget = ShotBudget(minutes=5.0 if args.minutes is None else args.minutes)
     shots = parse_shots(args.shots)
     recipe = load_config(TrainConfig, args.config, args.overrides)
     name = args.name or time.strftime(f"leave-out-{args.dataset}-%Y%m%d-%H%M%S")
@@ -51,7 +56,7 @@ def _leave_out(args: argparse.Namespace) -> int:
         print(f"k={shot.label}: SEG from the universal model {_fmt(shot.from_universal)}, from scratch "
               f"{_fmt(shot.from_scratch)}", flush=True)
 
-    report, run_id = run_leave_out(recipe, args.dataset, shots=shots, minutes=args.minutes,
+    report, run_id = run_leave_out(recipe, args.dataset, shots=shots, budget=budget,
                                    storage_path=args.storage, name=name, universal=args.universal,
                                    tracking_uri=args.tracking_uri, experiment=args.experiment, on_shot=progress)
     print(report.format())

@@ -39,8 +39,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from celltune.data_prep.errors import UserInputError
     from celltune.platform.config_io import load_config
+    from celltune.platform.console import LOG_FILE, library_output_to
     from celltune.platform.tracking import redact_uri
-    from celltune.platform.train_run import check_config, dry_run_plan, run_training, run_untracked
+    from celltune.platform.train_run import (
+        check_config,
+        default_run_name,
+        dry_run_plan,
+        run_training,
+        run_untracked,
+    )
     from celltune.trainables.config import TrainConfig
     from celltune.trainables.local_train import local_device
 
@@ -62,15 +69,35 @@ def _train(args: argparse.Namespace) -> int:
             plan["local"] = {"device": str(resolved)}
         print(json.dumps(plan, indent=2))
         return 0
-    if args.no_tracking:
-        result = run_untracked(config, storage_path=args.storage, name=args.name, resume=args.resume, device=device)
-    else:
-        result = run_training(config, storage_path=args.storage, name=args.name, resume=args.resume,
-                              tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address,
-                              local=args.local, device=device)
+    if args.resume and not args.name:
+        raise UserInputError("--resume needs --name of the run to continue")
+    name = args.name or default_run_name()
+    log_file = (args.storage / name / LOG_FILE).resolve()
+    preload = (*(() if args.no_tracking else ("mlflow",)), *(() if args.local else ("ray",)))
+    with library_output_to(log_file, verbose=args.verbose, preload=preload) as captured:
+        if captured:
+            print(f"run {name}: library output in {captured}", flush=True)
+        if args.no_tracking:
+            result = run_untracked(config, storage_path=args.storage, name=name, resume=args.resume, device=device)
+        else:
+            result = run_training(config, storage_path=args.storage, name=name, resume=args.resume,
+                                  tracking_uri=args.tracking_uri, experiment=args.experiment, address=args.address,
+                                  local=args.local, device=device, show_progress=True)
     best = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("seg", "best/seg"))}
     print(f"run {result.name} finished: {json.dumps(best)}")
     if result.mlflow_run_id:
         print(f"MLflow run {result.mlflow_run_id} in {redact_uri(result.tracking_uri)}")
     print(f"checkpoint: {result.checkpoint_dir}")
+    if captured:
+        print(f"library output: {captured}" + (f"; Ray workers' logs: {workers}" if (workers := _ray_logs()) else ""))
     return 0
+
+
+def _ray_logs() -> str | None:
+    import sys
+
+    if sys.modules.get("ray") is None:  # a --local run never started Ray
+        return None
+    from celltune.data_prep.ray_session import worker_log_folder
+
+    return worker_log_folder()

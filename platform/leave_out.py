@@ -49,14 +49,42 @@ class Shot:
 
 
 @dataclass(frozen=True)
+class ShotBudget:
+    """What each fine-tuning and each scratch run may spend: wall minutes, or optimizer steps (the same work on
+    a busy machine as on a quiet one, so a study's numbers do not depend on what else ran beside it)."""
+
+    minutes: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.minutes is None) == (self.steps is None):
+            raise UserInputError("a leave-out budget is --minutes or --steps, one of them")
+        if self.minutes is not None and not self.minutes > 0:
+            raise UserInputError(f"--minutes {self.minutes}: must be > 0")
+        if self.steps is not None and self.steps < 1:
+            raise UserInputError(f"--steps {self.steps}: must be >= 1")
+
+    def applied_to(self, training):
+        """``training`` (a TrainingConfig) spending this budget: whole epochs covering the steps, no clock."""
+        if self.minutes is not None:
+            return training.model_copy(update={"max_minutes": self.minutes})
+        per_epoch = training.steps_per_epoch or min(self.steps, 10)
+        return training.model_copy(update={"max_minutes": None, "steps_per_epoch": per_epoch,
+                                           "epochs": -(-self.steps // per_epoch)})
+
+    def describe(self) -> str:
+        return f"{self.minutes:g} training minutes" if self.minutes is not None else f"{self.steps} optimizer steps"
+
+
+@dataclass(frozen=True)
 class LeaveOutReport:
     dataset: str
     universal: str
-    minutes: float
+    budget: ShotBudget
     shots: tuple[Shot, ...]
 
     def format(self) -> str:
-        lines = [f"left out: {self.dataset}; universal model: {self.universal}; {self.minutes:g} training minutes "
+        lines = [f"left out: {self.dataset}; universal model: {self.universal}; {self.budget.describe()} "
                  "per fine-tuning and per scratch run",
                  "| k (GT frames) | frames | SEG from the universal model | SEG from scratch |", "|---|---|---|---|"]
         for shot in self.shots:
@@ -92,12 +120,15 @@ def parse_shots(text: str) -> list[int | None]:
     return sorted(shots, key=lambda k: float("inf") if k is ALL else k)
 
 
-def shot_config(recipe: TrainConfig, dataset: str, k: int | None, minutes: float, init: str | None) -> TrainConfig:
-    """The recipe on ``dataset`` alone, k of its GT frames, ``minutes`` of training, from ``init`` or scratch."""
+def shot_config(recipe: TrainConfig, dataset: str, k: int | None, budget: ShotBudget | float,
+                init: str | None) -> TrainConfig:
+    """The recipe on ``dataset`` alone, k of its GT frames, trained for ``budget`` (a number: minutes), from
+    ``init`` or scratch."""
+    budget = budget if isinstance(budget, ShotBudget) else ShotBudget(minutes=budget)
     data = recipe.data.restricted_to([dataset]).model_copy(update={"configuration": "gt", "train_frames": k})
     return recipe.model_copy(update={
         "data": data, "init": None if init is None else InitConfig(model=init),
-        "training": recipe.training.model_copy(update={"max_minutes": minutes}),
+        "training": budget.applied_to(recipe.training),
     })
 
 
@@ -136,7 +167,7 @@ def check_study(recipe: TrainConfig, dataset: str, shots: list[int | None]) -> i
     return available
 
 
-def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None], minutes: float,
+def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None], budget: ShotBudget | float,
                   storage_path: Path, name: str, universal: str | None = None, tracking_uri: str | None = None,
                   experiment: str = DEFAULT_EXPERIMENT,
                   on_shot: Callable[[Shot], None] | None = None) -> tuple[LeaveOutReport, str]:
@@ -146,7 +177,7 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
         recipe: the training config whose datasets include ``dataset``.
         dataset: the dataset to leave out.
         shots: the k values (:func:`parse_shots`); 0 is the zero-shot score.
-        minutes: training budget of every fine-tuning and scratch run.
+        budget: training budget of every fine-tuning and scratch run (a number: minutes).
         storage_path: Ray storage of the runs (``<name>-universal``, ``<name>-k<k>-universal``, ...).
         name: the study's MLflow run name and the prefix of its runs.
         universal: a model (``models:/...`` or a checkpoint folder) to use instead of training the recipe on the
@@ -162,6 +193,7 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
     from celltune.platform.tracking import experiment_id as experiment_id_of
     from celltune.platform.train_run import run_training
 
+    budget = budget if isinstance(budget, ShotBudget) else ShotBudget(minutes=budget)
     available = check_study(recipe, dataset, shots)
     storage_path = Path(storage_path).resolve()
     taken = sorted(p.name for p in storage_path.glob(f"{name}-*")) if storage_path.is_dir() else []
@@ -174,11 +206,11 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
         "mlflow.runName": name, "celltune.kind": "leave-out", "celltune.left_out": dataset}).info.run_id
     run = RunLogger(tracking_uri, study_run)
     run.log_params({"left_out": dataset, "shots": ",".join("all" if k is ALL else str(k) for k in shots),
-                    "minutes": minutes, "datasets": ",".join(recipe.data.dataset_names)})
+                    "budget": budget.describe(), "datasets": ",".join(recipe.data.dataset_names)})
 
     def train(config: TrainConfig, suffix: str):
         return run_training(config, storage_path=storage_path, name=f"{name}-{suffix}", tracking_uri=tracking_uri,
-                            experiment=experiment, parent_run_id=study_run)
+                            experiment=experiment, parent_run_id=study_run, show_progress=True)
 
     def best_seg(config: TrainConfig, suffix: str) -> float | None:
         metrics = train(config, suffix).metrics
@@ -199,15 +231,15 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
             else:
                 label = "all" if k is ALL else str(k)
                 shot = Shot(k, frames,
-                            best_seg(shot_config(recipe, dataset, k, minutes, universal), f"k{label}-universal"),
-                            best_seg(shot_config(recipe, dataset, k, minutes, None), f"k{label}-scratch"))
+                            best_seg(shot_config(recipe, dataset, k, budget, universal), f"k{label}-universal"),
+                            best_seg(shot_config(recipe, dataset, k, budget, None), f"k{label}-scratch"))
             done.append(shot)
             run.log_metrics({f"few_shot/{arm}/k{shot.label}": value for arm, value in
                              (("universal", shot.from_universal), ("scratch", shot.from_scratch)) if value is not None},
                             step=0)
             if on_shot is not None:
                 on_shot(shot)
-        report = LeaveOutReport(dataset, universal, minutes, tuple(done))
+        report = LeaveOutReport(dataset, universal, budget, tuple(done))
         with tempfile.TemporaryDirectory(prefix="celltune-leave-out-") as scratch:
             table = Path(scratch) / "few_shot.csv"
             table.write_text(report.csv_text(), encoding="utf-8")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from celltune.data_prep.errors import UserInputError
+from celltune.platform.console import run_folder_made
 from celltune.platform.fine_tune import load_parent, parent_config, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.tracking import RunLogger, absolute_tracking_uri, default_tracking_uri, redact_uri
@@ -58,9 +59,10 @@ def dry_run_plan(config: TrainConfig) -> dict[str, Any]:
 def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = None, resume: bool = False,
                  tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
                  address: str | None = None, parent_run_id: str | None = None, local: bool = False,
-                 device: str = "auto") -> TrainRunResult:
+                 device: str = "auto", show_progress: bool = False) -> TrainRunResult:
     """Train on Ray (or, ``local``, in this process on ``device``) and track in MLflow; with ``resume``
-    continue the run called ``name`` where it stopped."""
+    continue the run called ``name`` where it stopped. ``show_progress``: this process draws the bar of a Ray
+    run (a local run draws its own)."""
     import mlflow
 
     config, storage_path, name = _prepared(config, storage_path, name, resume)
@@ -86,13 +88,14 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
             tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         run_folder.mkdir(parents=True)
+        run_folder_made()
         _write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": redact_uri(tracking_uri)}))
     config = with_parent_weights(config, parent, run_folder)
 
     observer = MlflowObserver(RunLogger(tracking_uri, run_id))
     try:
         metrics, checkpoint_dir = _fit(config, storage_path, name, observer, local=local, device=device,
-                                       address=address)
+                                       address=address, show_progress=show_progress)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -116,6 +119,8 @@ def run_untracked(config: TrainConfig, *, storage_path: Path, name: str | None =
                              "pass --resume to continue it or choose another name")
     if config.init is not None:
         raise UserInputError("--init needs MLflow tracking (its provenance is recorded there); leave out --no-tracking")
+    run_folder.mkdir(parents=True, exist_ok=True)
+    run_folder_made()
     metrics, checkpoint_dir = _fit(config, storage_path, name, None, local=True, device=device)
     return TrainRunResult(name=name, mlflow_run_id="", tracking_uri="", metrics=metrics, checkpoint_dir=checkpoint_dir)
 
@@ -131,7 +136,11 @@ def _prepared(config: TrainConfig, storage_path: Path, name: str | None,
     storage_path = Path(storage_path).resolve()
     if storage_path.exists() and not storage_path.is_dir():
         raise UserInputError(f"--storage {storage_path}: is a file, not a folder")
-    return config, storage_path, name or time.strftime("train-%Y%m%d-%H%M%S")
+    return config, storage_path, name or default_run_name()
+
+
+def default_run_name() -> str:
+    return time.strftime("train-%Y%m%d-%H%M%S")
 
 
 def _log_checkpoint(client, run_id: str, checkpoint_dir: Path) -> None:
@@ -167,7 +176,7 @@ def _ray_that_fits(config: TrainConfig, address: str | None) -> None:
 
 
 def _fit(config: TrainConfig, storage_path: Path, name: str, observer, *, local: bool, device: str,
-         address: str | None = None) -> tuple[dict[str, float], Path | None]:
+         address: str | None = None, show_progress: bool = False) -> tuple[dict[str, float], Path | None]:
     """The last reported metrics and the newest checkpoint of a Ray or a local run."""
     if local:
         from celltune.trainables.local_train import fit_local
@@ -178,7 +187,8 @@ def _fit(config: TrainConfig, storage_path: Path, name: str, observer, *, local:
     from celltune.trainables import ray_train
 
     ensure_ray(address)
-    result = ray_train.fit(config, storage_path=storage_path, name=name, observer=observer)
+    result = ray_train.fit(config, storage_path=storage_path, name=name, observer=observer,
+                           show_progress=show_progress)
     return dict(result.metrics or {}), Path(result.checkpoint.path) if result.checkpoint else None
 
 

@@ -37,7 +37,10 @@ def build_optimizer(config: OptimizerConfig,
     Returns:
         `torch.optim.AdamW`, `torch.optim.Adam` or `torch.optim.SGD`.
     """
-    ignored = sorted(set(config.model_fields_set) - OPTIONS_USED[config.name] - {"name"})
+    # Values away from their defaults only: a config dumped and validated again (every Ray worker gets one)
+    # counts every field as set.
+    ignored = sorted(key for key in set(config.model_fields_set) - OPTIONS_USED[config.name] - {"name"}
+                     if getattr(config, key) != type(config).model_fields[key].default)
     if ignored:
         logger.warning("optimizer %s ignores %s", config.name, ", ".join(f"optimizer.{key}" for key in ignored))
     if config.name == "sgd":

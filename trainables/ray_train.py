@@ -28,6 +28,15 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
 
     config = TrainConfig.model_validate(loop_config["config"])
     train_context = ray.train.get_context()
+    progress_queue = loop_config.get("progress")
+    progress_bar = ray_progress_bar
+    if progress_queue is not None and train_context.get_world_rank() == 0:
+        from celltune.trainables.ray_progress import QueueLogHandler, RemoteBar
+
+        logging.getLogger("celltune").addHandler(QueueLogHandler(progress_queue))
+
+        def progress_bar(total: int, initial: int, desc: str) -> RemoteBar:
+            return RemoteBar(progress_queue, total, initial, desc)
 
     def report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -49,13 +58,13 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
         prepare_model=lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
         report=report,
         latest_checkpoint=latest_checkpoint,
-        progress_bar=ray_progress_bar,
+        progress_bar=progress_bar,
     )
     train(config, context, loop_config.get("observer"))
 
 
 def ray_progress_bar(total: int, initial: int, desc: str):
-    """A bar drawn by the driver's console for rank 0's steps (Ray's distributed tqdm)."""
+    """Rank 0's bar through Ray's distributed tqdm (a Tune trial's; seen with worker logs on, ``-v``)."""
     from ray.experimental.tqdm_ray import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step")
@@ -65,10 +74,11 @@ def ray_progress_bar(total: int, initial: int, desc: str):
 
 
 def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: TrainingObserver | None = None,
-        max_failures: int = 2, callbacks: list | None = None):
+        max_failures: int = 2, callbacks: list | None = None, show_progress: bool = False):
     """Run training on the connected Ray cluster and return Ray's ``Result`` (metrics, checkpoint, path).
 
     ``callbacks`` are Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a Tune trial runs this.
+    ``show_progress``: this process draws rank 0's bar and relays its warnings (:mod:`ray_progress`).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -77,9 +87,15 @@ def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: Trainin
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
     if resources.use_gpu:
         per_worker["GPU"] = resources.gpus_per_worker
+    progress = None
+    if show_progress:
+        from celltune.trainables.ray_progress import DriverProgress
+
+        progress = DriverProgress()
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"config": config.model_dump(mode="json"), "observer": observer},
+        train_loop_config={"config": config.model_dump(mode="json"), "observer": observer,
+                           "progress": progress.queue if progress else None},
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
                                      resources_per_worker=per_worker),
@@ -92,7 +108,10 @@ def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: Trainin
             callbacks=callbacks or None,
         ),
     )
-    return trainer.fit()
+    if progress is None:
+        return trainer.fit()
+    with progress:
+        return trainer.fit()
 
 
 def check_schedulable(config: TrainConfig, cluster: Mapping[str, float], *, fixed_size: bool) -> None:

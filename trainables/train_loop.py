@@ -29,6 +29,7 @@ from torch import nn
 
 from celltune.data_prep.errors import UserInputError
 from celltune.trainables.config import TrainConfig
+from celltune.trainables.console_bar import ConsoleBar
 from celltune.trainables.data import (
     ValidationFrame,
     build_training_streams,
@@ -75,14 +76,7 @@ class WorkerContext:
     prepare_model: Callable[[nn.Module], nn.Module] = lambda model: model
     report: Callable[[dict[str, float], Path | None], None] = lambda metrics, checkpoint: None
     latest_checkpoint: Callable[[], Path | None] = lambda: None
-    progress_bar: Callable[..., Any] = field(default=None)  # tqdm-like factory(total=, initial=, desc=), rank 0
-
-    def __post_init__(self) -> None:
-        if self.progress_bar is None:
-            from tqdm.auto import tqdm
-
-            self.progress_bar = lambda total, initial, desc: tqdm(total=total, initial=initial, desc=desc,
-                                                                  unit="step", dynamic_ncols=True)
+    progress_bar: Callable[..., Any] = ConsoleBar  # tqdm-like factory(total=, initial=, desc=), rank 0
 
 
 @dataclass
@@ -286,8 +280,7 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
                 if observer:
                     observer.on_evaluation(step, epoch + 1, scores, examples)
                 if bar is not None:
-                    bar.set_description(f"epoch {epoch + 1} loss {last['epoch_loss/total']:.3f} "
-                                        f"seg_mean {scores['seg_mean']:.3f} (best {best['seg_mean']:.3f})")
+                    bar.set_description(progress_text(epoch + 1, last["epoch_loss/total"], scores, best["seg_mean"]))
                 checkpoint_dir = Path(scratch)
                 _save(checkpoint_dir, config, model_config, unwrap(model), best_state, optimizer, schedule, scaler,
                       step=step, epoch=epoch + 1, best=best, spent_s=budget.elapsed())
@@ -301,6 +294,19 @@ def train(config: TrainConfig, context: WorkerContext | None = None,
     if observer:
         observer.on_end(best)
     return TrainingResult(step=step, epoch=epoch + 1, best=best, last=last)
+
+
+def progress_text(epoch: int, loss: float, scores: Mapping[str, float], best: float) -> str:
+    """``epoch 10 loss 0.023 SEG HeLa 0.52 GOWT1 0.89 mean 0.71 (best 0.74)``: datasets by the last part of
+    their names where those differ."""
+    per_dataset = {key.removeprefix("seg/"): value for key, value in scores.items() if key.startswith("seg/")}
+    short = {name: name.rsplit("-", 1)[-1] for name in per_dataset}
+    if len(set(short.values())) < len(short):
+        short = {name: name for name in per_dataset}
+    parts = [f"{short[name]} {value:.3f}" for name, value in per_dataset.items()]
+    if len(per_dataset) != 1:
+        parts.append(f"mean {scores.get('seg_mean', float('nan')):.3f}")
+    return f"epoch {epoch} loss {loss:.3f} SEG {' '.join(parts)} (best {best:.3f})"
 
 
 class RunBudget:

@@ -103,8 +103,9 @@ def test_training_frames_spreads_k_frames_and_refuses_more_than_there_are(demo_s
 
 
 def test_a_shot_trains_on_k_gt_frames_of_the_left_out_dataset_alone(tmp_path, demo_stores):
+    from celltune.data_prep.errors import UserInputError
     from celltune.platform.config_io import load_config
-    from celltune.platform.leave_out import shot_config, universal_config
+    from celltune.platform.leave_out import ShotBudget, shot_config, universal_config
     from celltune.trainables.config import TrainConfig
 
     recipe = load_config(TrainConfig, _recipe(tmp_path, demo_stores), [])
@@ -112,5 +113,12 @@ def test_a_shot_trains_on_k_gt_frames_of_the_left_out_dataset_alone(tmp_path, de
     assert shot.data.dataset_names == [LEFT_OUT] and shot.data.crop == {LEFT_OUT: 48}
     assert (shot.data.configuration, shot.data.train_frames, shot.training.max_minutes) == ("gt", 2, 1.5)
     assert shot.init.model == "models:/universal@champion" and shot_config(recipe, LEFT_OUT, 2, 1.5, None).init is None
+    by_steps = shot_config(recipe, LEFT_OUT, 2, ShotBudget(steps=25), None).training  # whole epochs, no clock
+    assert by_steps.max_minutes is None and by_steps.epochs * by_steps.steps_per_epoch >= 25
+    assert (by_steps.epochs - 1) * by_steps.steps_per_epoch < 25
+    for wrong, message in (({"minutes": 0.0}, "--minutes 0.0: must be > 0"), ({"steps": 0}, "--steps 0: must be >= 1"),
+                           ({}, "--minutes or --steps")):
+        with pytest.raises(UserInputError, match=message):
+            ShotBudget(**wrong)
     without = universal_config(recipe, LEFT_OUT)
     assert without.data.dataset_names == ["Synth-Round"] and without.data.crop == {"Synth-Round": 64}

@@ -88,17 +88,21 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_continues_the_step_count(t
     storage = tmp_path / "runs"
     args = ["train", "--config", str(config), "--storage", str(storage), "--tracking-uri", uri, "--name", "killme"]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    process = subprocess.Popen([sys.executable, "-m", "celltune.platform", *args], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    console = tmp_path / "console.txt"  # a pipe, as in CI or `ray job submit`: no terminal
+    with console.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "celltune.platform", *args], env=env, cwd=tmp_path,
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and len(_checkpoints(storage / "killme")) < 2:
             assert process.poll() is None, "training ended before it could be killed"
             time.sleep(0.5)
         assert len(_checkpoints(storage / "killme")) >= 2, "no second checkpoint within 4 minutes"
+        time.sleep(1.0)  # the driver relays what rank 0 sent a moment ago
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    _assert_readable_in_a_pipe(console.read_text(), storage / "killme" / "celltune.log")
     run_id = json.loads((storage / "killme" / "celltune_run.json").read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(uri)
     epochs_before = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
@@ -111,6 +115,20 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_continues_the_step_count(t
     steps = sorted({m.step for m in client.get_metric_history(run_id, "seg_mean")})
     assert steps == [5, 10, 15, 20, 25]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def _assert_readable_in_a_pipe(text: str, log_file: Path) -> None:
+    """One plain line per evaluation, nothing from Ray's or the libraries' internals; those are in the log."""
+    lines = text.splitlines()
+    evaluations = [line for line in lines if line.startswith("epoch ")]
+    assert evaluations, text
+    assert all(" SEG Round " in line and "Dense " in line and "| step " in line for line in evaluations), text
+    assert "\r" not in text, "redraws in a pipe"
+    for noise in ("RayTrainWorker", "PlacementGroupCleaner", "pid=", "WARNING", "Warning:",
+                  "Checkpoint successfully created", "Traceback"):
+        assert noise not in text, f"{noise!r} on the console:\n{text}"
+    assert len(lines) <= len(evaluations) + 3, text  # the log file's name, the evaluations, nothing more
+    assert log_file.is_file() and log_file.read_text().strip(), "the libraries' lines were not captured"
 
 
 @pytest.mark.ray  # demo_stores are prepared with Ray
