@@ -268,7 +268,7 @@ def track_sequence(
 
     previous: _Frame | None = None
     previous_tracks = np.zeros(0, dtype=np.int64)
-    for t, frame in enumerate(tqdm(frames, desc="tracking", unit="frame", disable=not show_progress)):
+    for t, frame in enumerate(tqdm(frames, desc="tracking", unit="frame", disable=None if show_progress else True)):
         current = _objects(frame, scale)
         tracks = np.zeros(current.n, dtype=np.int64)
         if previous is not None and previous.n and current.n:

@@ -41,7 +41,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def _search(args: argparse.Namespace) -> int:
     from celltune.data_prep.errors import UserInputError
     from celltune.platform.config_io import parse_overrides
-    from celltune.platform.search_run import resolve_stores, run_search, search_plan
+    from celltune.platform.console import LIBRARIES, library_output_to
+    from celltune.platform.search_run import (
+        default_search_name,
+        resolve_stores,
+        run_search,
+        search_log_file,
+        search_plan,
+    )
     from celltune.search_spaces.space import load_space
     from celltune.search_spaces.tuner import SearchSettings
 
@@ -70,10 +77,16 @@ def _search(args: argparse.Namespace) -> int:
         available = {"CPU": float(os.cpu_count() or 1)}
         print(json.dumps(search_plan(space, settings, available), indent=2, default=str))
         return 0
-    result = run_search(space, storage=args.storage, name=args.name, resume=args.resume, trials=args.trials,
-                        seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                        address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent)
+    name = args.name or default_search_name(space)
+    with library_output_to(search_log_file(args.storage, name), verbose=args.verbose, preload=LIBRARIES) as log:
+        if log:
+            print(f"search {name}: library output in {log}", flush=True)
+        result = run_search(space, storage=args.storage, name=name, resume=args.resume, trials=args.trials,
+                            seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
+                            address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent)
     print(summary(result))
+    if log:
+        print(f"library output: {log}")
     return 0
 
 

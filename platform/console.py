@@ -17,6 +17,7 @@ from typing import TextIO
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "py.warnings", "urllib3", "filelock", "torch")
 LOG_FILE = "celltune.log"
+LIBRARIES = ("ray", "ray.tune", "mlflow", "optuna")  # what a search imports: their handlers exist before the swap
 _ACTIVE: list[DeferredFileHandler] = []
 
 

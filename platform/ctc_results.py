@@ -139,7 +139,8 @@ def write_ctc_result(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = default_permissions(Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent)))
     try:
-        for t in tqdm(range(len(stack)), desc=f"writing {folder.name}", unit="frame", disable=not show_progress):
+        for t in tqdm(range(len(stack)), desc=f"writing {folder.name}", unit="frame",
+                      disable=None if show_progress else True):
             _write_tiff(tmp / mask_name(t, digits), stack[t])
         (tmp / RES_TRACK_TXT).write_text(format_tracks(np.asarray(tracks)))
         old = None
@@ -183,7 +184,8 @@ def read_ctc_result(folder: Path, *, show_progress: bool = False) -> TrackingRes
         raise UserInputError(f"{track_file}: missing")
     table = parse_man_track(read_bytes(track_file, str(track_file)).decode("utf-8", "replace"), str(track_file))
     frames = []
-    for t in tqdm(range(len(paths)), desc=f"reading {folder.name}", unit="frame", disable=not show_progress):
+    for t in tqdm(range(len(paths)), desc=f"reading {folder.name}", unit="frame",
+                  disable=None if show_progress else True):
         rel = str(paths[t])
         frame = check_labels(decode_tiff(read_bytes(paths[t], rel), rel), rel)
         if frames and frame.shape != frames[0].shape:

@@ -115,24 +115,31 @@ def score_holdout(paths: DemoPaths, result, address: str | None = None, show_pro
 
 
 def _demo(args) -> int:
-    from celltune.data_prep.info import describe_stores
     from celltune.platform.cli_search import summary
+    from celltune.platform.console import LIBRARIES, LOG_FILE, library_output_to
 
     started = time.monotonic()
-    paths = run_demo(args.workdir, address=args.address, show_progress=not args.no_progress)
-    print(describe_stores(paths.stores))
-    result = search_demo(paths, address=args.address, show_progress=not args.no_progress)
-    print("\n" + summary(result))
-    if result.registered_version is None:
-        print("no trial produced a checkpoint, so nothing was registered")
-        return 1
-    table, predictions = score_holdout(paths, result, address=args.address, show_progress=not args.no_progress)
+    log_file = args.workdir.resolve() / LOG_FILE
+    with library_output_to(log_file, verbose=getattr(args, "verbose", False), preload=LIBRARIES) as log:
+        if log:
+            print(f"demo: library output in {log}", flush=True)
+        paths = run_demo(args.workdir, address=args.address, show_progress=not args.no_progress)
+        print(f"sample data: {len(DEMO_DATASETS)} synthetic datasets in CTC layout, prepared as stores in "
+              f"{paths.stores} (`celltune data info {paths.stores}` describes them)", flush=True)
+        result = search_demo(paths, address=args.address, show_progress=not args.no_progress)
+        print("\n" + summary(result))
+        if result.registered_version is None:
+            print("no trial produced a checkpoint, so nothing was registered")
+            return 1
+        table, predictions = score_holdout(paths, result, address=args.address,
+                                           show_progress=not args.no_progress)
     model = f"models:/{result.registered_name}/{result.registered_version}"
     print(f"\nheld-out sequence {paths.holdout / DEMO_DATASETS[0]['name'] / '01'} predicted with {model}:")
     print(table.format())
     print(f"\nsample data: {paths.ctc}\nstores:      {paths.stores}\nsearches:    {paths.runs}\n"
           f"predictions: {predictions}  (CTC result format: maskNNN.tif + res_track.txt)")
-    print(f"finished in {time.monotonic() - started:.0f} s\n\nnext:")
+    print(f"finished in {time.monotonic() - started:.0f} s" + (f"; library output in {log}" if log else "")
+          + "\n\nnext:")
     uri = paths.tracking_uri
     print(f"  celltune ui --tracking-uri {uri}        # runs, curves, overlays, registry (127.0.0.1:5000)")
     print(f"  celltune models show {result.registered_name} --tracking-uri {uri}")

@@ -455,7 +455,8 @@ def evaluate_results(
 
     pairs = find_sequence_pairs(res, gt)
     rows = []
-    for sequence, res_dir, gt_dir in tqdm(pairs, desc="evaluating", unit="seq", disable=not show_progress):
+    for sequence, res_dir, gt_dir in tqdm(pairs, desc="evaluating", unit="seq",
+                                          disable=None if show_progress else True):
         rows.append(evaluate_sequence(res_dir, gt_dir, name=sequence, seg=seg, threads=threads, instance=instance))
         logger.info("%s: %s", sequence, {m: rows[-1].measure(m) for m in MEASURES})
     return EvaluationTable(rows=tuple(rows))

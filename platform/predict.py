@@ -638,7 +638,7 @@ def predict_sequence(
             if event not in bars:
                 verb = "reading" if event == "read" else "predicting"
                 bars[event] = tqdm(total=total, desc=f"{verb} {source.name}", unit="frame",
-                                   disable=not show_progress, dynamic_ncols=True)
+                                   disable=None if show_progress else True, dynamic_ncols=True)
             bars[event].update(payload)
     finally:
         for bar in bars.values():
@@ -814,7 +814,7 @@ def predict_to_folder(
             from celltune.data_prep.ray_session import ensure_ray
 
             ensure_ray(address)
-        with tqdm(total=total, desc="predicting", unit="frame", disable=not show_progress,
+        with tqdm(total=total, desc="predicting", unit="frame", disable=None if show_progress else True,
                   dynamic_ncols=True) as bar:
             if use_ray:
                 _run_in_ray(model, description, postprocess_params, sources, options, bar, write)

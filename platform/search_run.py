@@ -9,8 +9,10 @@ tuned on them per dataset; the model is then registered with those thresholds an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import tempfile
 import time
@@ -22,6 +24,7 @@ from typing import Any
 from ray.tune import Callback
 
 from celltune.data_prep.errors import UserInputError
+from celltune.platform.console import LOG_FILE
 from celltune.platform.fine_tune import load_parent, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
 from celltune.platform.model_registry import load_model, register_checkpoint
@@ -34,6 +37,7 @@ from celltune.platform.tracking import (
     metric_name,
 )
 from celltune.platform.tracking import experiment_id as experiment_id_of
+from celltune.platform.trials_view import TrialsView
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
@@ -50,6 +54,7 @@ from celltune.search_spaces.tuner import (
 from celltune.trainables.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 
 DEFAULT_EXPERIMENT = "celltune-search"
 SEARCH_TAG = "celltune.search_name"
@@ -191,6 +196,30 @@ def search_plan(space: SearchSpace, settings: SearchSettings, available: Mapping
     }
 
 
+@contextlib.contextmanager
+def _legacy_tune_output():
+    previous = os.environ.get(TUNE_NEW_OUTPUT_ENV)
+    os.environ[TUNE_NEW_OUTPUT_ENV] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(TUNE_NEW_OUTPUT_ENV, None)
+        else:
+            os.environ[TUNE_NEW_OUTPUT_ENV] = previous
+
+
+def default_search_name(space: SearchSpace) -> str:
+    return time.strftime(f"search-{space.name}-%Y%m%d-%H%M%S")
+
+
+def search_log_file(storage: str, name: str) -> Path:
+    """Where the libraries' output of a search goes: beside Tune's state for a local storage, else here."""
+    if "://" in str(storage):
+        return Path(f"celltune-{name}.log").resolve()
+    return Path(storage).resolve() / name / LOG_FILE
+
+
 def run_search(space: SearchSpace, *, storage: str, name: str | None = None, resume: bool = False,
                trials: int | None = None, seed: int = 0, tracking_uri: str | None = None,
                experiment: str = DEFAULT_EXPERIMENT, address: str | None = None,
@@ -208,9 +237,9 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
                              "digit)")
     space = resolve_stores(space)
     storage = storage if "://" in str(storage) else str(Path(storage).resolve())
-    name = name or time.strftime(f"search-{space.name}-%Y%m%d-%H%M%S")
+    name = name or default_search_name(space)
     settings = SearchSettings(storage_path=storage, name=name, trials=trials or space.trials, seed=seed,
-                              max_concurrent=max_concurrent, verbose=1 if show_progress else 0)
+                              max_concurrent=max_concurrent, verbose=0)  # TrialsView instead of Tune's boxes
     if not resume and search_exists(settings):
         raise UserInputError(f"--name: a search named {name!r} already exists under {storage}; "
                              "pass --resume to continue it or choose another name")
@@ -229,9 +258,13 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     hooks = MlflowTrialHooks(tracking_uri, experiment_id, parent_run_id, name)
 
     try:
-        tuner = build_tuner(space, settings, hooks=hooks, resume=resume,
-                            callbacks=[TrialRunCallback(hooks, space.base_tree)])
-        grid = tuner.fit()
+        callbacks: list = [TrialRunCallback(hooks, space.base_tree)]
+        if show_progress:
+            callbacks.append(TrialsView(name=name, metric=space.objective.metric, mode=space.objective.mode,
+                                        trials=settings.trials))
+        tuner = build_tuner(space, settings, hooks=hooks, resume=resume, callbacks=callbacks)
+        with _legacy_tune_output():  # whose verbose=0 is silent; the new engine's still prints its header boxes
+            grid = tuner.fit()
         if grid.num_terminated + grid.num_errors < len(grid) or (not resume and len(grid) < settings.trials):
             # Tune returns normally on Ctrl+C: trials are unfinished, so nothing may be scored or registered yet.
             client.set_terminated(parent_run_id, status="KILLED")

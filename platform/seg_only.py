@@ -88,7 +88,7 @@ def evaluate_seg_only(loaded, data: Path, *, dataset: str | None = None, overrid
     params, options = evaluation_settings(loaded, data, dataset=dataset, overrides=overrides, options=options)
     total = sum(len({f.t for f in gt_seg_frames(data / f"{s.name}_GT")}) for s in sources)
     rows = []
-    with tqdm(total=total, desc="SEG frames", unit="frame", disable=not show_progress) as bar:
+    with tqdm(total=total, desc="SEG frames", unit="frame", disable=None if show_progress else True) as bar:
         for source in sources:
             rows.append(_score_sequence(loaded, source, data / f"{source.name}_GT", params, options, bar))
     return EvaluationTable(rows=tuple(rows))

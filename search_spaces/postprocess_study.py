@@ -172,7 +172,8 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
     activation = activation_for(kind)
     frames: dict[str, list[Frame]] = {}
     total = sum(len(items) for items in validation.values())
-    with tqdm(total=total, unit="frame", desc="validation probabilities", disable=not show_progress) as bar:
+    with tqdm(total=total, unit="frame", desc="validation probabilities",
+              disable=None if show_progress else True) as bar:
         for name, items in validation.items():
             frames[name] = []
             for frame in items:
@@ -277,7 +278,7 @@ def tune_postprocess(probabilities: ValidationProbabilities, parameters: Paramet
     studies: dict[str, optuna.Study] = {}
     per_dataset: dict[str, dict[str, Any]] = {}
     with _quiet_optuna(), tqdm(total=trials * len(datasets), unit="trial", desc="post-processing study",
-                               disable=not show_progress) as bar:
+                               disable=None if show_progress else True) as bar:
         for name in datasets:
             study = optuna.create_study(direction="maximize", study_name=f"postprocess/{name}",
                                         sampler=optuna.samplers.TPESampler(seed=_dataset_seed(seed, name)))

@@ -75,11 +75,11 @@ class ConsoleBar:
         done = self.n - self._start_n
         eta = ""
         if done > 0 and self._total > self.n:
-            eta = f", ETA {_clock(elapsed / done * (self._total - self.n))}"
-        print(f"{self.desc} | step {self.n}/{self._total} | {_clock(elapsed)}{eta}", file=self.stream, flush=True)
+            eta = f", ETA {clock(elapsed / done * (self._total - self.n))}"
+        print(f"{self.desc} | step {self.n}/{self._total} | {clock(elapsed)}{eta}", file=self.stream, flush=True)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"

@@ -207,7 +207,8 @@ def predict_probabilities(
     was_training = model.training
     model.to(target).eval()
     try:
-        with torch.inference_mode(), autocast, tqdm(total=len(jobs), unit="tile", disable=not show_progress) as bar:
+        with torch.inference_mode(), autocast, tqdm(total=len(jobs), unit="tile",
+                                                    disable=None if show_progress else True) as bar:
             for first in range(0, len(jobs), batch_size):
                 batch = jobs[first : first + batch_size]
                 stack = np.stack(

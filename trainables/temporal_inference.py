@@ -157,7 +157,7 @@ def predict_window_probabilities(
     model.to(target).eval()
     try:
         with torch.inference_mode(), autocast, tqdm(total=count * len(tiles), unit="tile",
-                                                    disable=not show_progress) as bar:
+                                                    disable=None if show_progress else True) as bar:
             for first in range(0, count, group):
                 chunk = np.pad(windows[first:first + group], ((0, 0), (0, 0), pad_y, pad_x), mode="reflect")
                 if not np.isfinite(chunk).all():

@@ -102,7 +102,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_continues_the_step_count(t
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    _assert_readable_in_a_pipe(console.read_text(), storage / "killme" / "celltune.log")
+    _assert_readable_in_a_pipe(console.read_bytes().decode(), storage / "killme" / "celltune.log")
     run_id = json.loads((storage / "killme" / "celltune_run.json").read_text())["mlflow_run_id"]
     client = mlflow.MlflowClient(uri)
     epochs_before = [int(m.value) for m in client.get_metric_history(run_id, "epoch")]
