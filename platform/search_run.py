@@ -261,7 +261,8 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
         callbacks: list = [TrialRunCallback(hooks, space.base_tree)]
         if show_progress:
             callbacks.append(TrialsView(name=name, metric=space.objective.metric, mode=space.objective.mode,
-                                        trials=settings.trials))
+                                        trials=settings.trials,
+                                        full_evaluations=evaluations_per_trial(space.base_config())))
         tuner = build_tuner(space, settings, hooks=hooks, resume=resume, callbacks=callbacks)
         with _legacy_tune_output():  # whose verbose=0 is silent; the new engine's still prints its header boxes
             grid = tuner.fit()

@@ -28,6 +28,7 @@ class TrialLine:
     params: str
     status: str = "running"
     epoch: int = 0
+    evaluations: int = 0
     latest: float | None = None
     best: float | None = None
     started: float = field(default_factory=time.monotonic)
@@ -36,8 +37,11 @@ class TrialLine:
 class TrialsView(Callback):
     """Draws the trials of one search; construct it on the driver and pass it in the Tuner's callbacks."""
 
-    def __init__(self, *, name: str, metric: str, mode: str, trials: int, stream: TextIO | None = None,
-                 interactive: bool | None = None) -> None:
+    def __init__(self, *, name: str, metric: str, mode: str, trials: int, full_evaluations: int | None = None,
+                 stream: TextIO | None = None, interactive: bool | None = None) -> None:
+        """``full_evaluations``: reports of a trial that runs to its end; one that ends with fewer was stopped
+        early (ASHA)."""
+        self.full_evaluations = full_evaluations
         self.name = name
         self.metric = metric
         self.mode = mode
@@ -72,6 +76,7 @@ class TrialsView(Callback):
         row = self.rows.setdefault(trial.trial_id, TrialLine(trial.trial_id, _params(trial.config)))
         value = result.get(self.metric)
         row.epoch = int(result.get("epoch", row.epoch) or row.epoch)
+        row.evaluations = int(result.get("training_iteration", row.evaluations + 1) or row.evaluations + 1)
         if isinstance(value, int | float) and math.isfinite(value):
             row.latest = float(value)
             if row.best is None or (value > row.best if self.mode == "max" else value < row.best):
@@ -80,7 +85,10 @@ class TrialsView(Callback):
                     f"(best {_num(row.best)})")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._ended(trial, "done")
+        row = self.rows.get(trial.trial_id)
+        stopped = (self.full_evaluations is not None and row is not None
+                   and row.evaluations < self.full_evaluations)
+        self._ended(trial, "stopped" if stopped else "done")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended(trial, "failed")
@@ -103,7 +111,7 @@ class TrialsView(Callback):
             self._draw()
 
     def progress(self) -> str:
-        ended = sum(row.status in ("done", "failed") for row in self.rows.values())
+        ended = sum(row.status in ("done", "stopped", "failed") for row in self.rows.values())
         elapsed = time.monotonic() - self._started
         text = f"{ended}/{self.trials} trials done, {clock(elapsed)}"
         if 0 < ended < self.trials:

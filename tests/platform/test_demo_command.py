@@ -33,7 +33,11 @@ def test_demo_generates_searches_registers_predicts_and_scores(tmp_path):
     assert "\r" not in out, "carriage-return redraws in a pipe"
     lines = out.splitlines()
     assert len(lines) <= 60, f"{len(lines)} lines:\n{out}"
-    assert sum(line.startswith("trial ") and " done after " in line for line in lines) == 4  # one per trial end
+    ends = [line for line in lines
+            if line.startswith("trial ") and (" done after " in line or " stopped after " in line)]
+    assert len(ends) == 4  # one per trial end
+    stopped = out[out.index("search demo-"):].split(" stopped early by ASHA")[0].rsplit(" ", 1)[-1]
+    assert sum(" stopped after " in line for line in ends) == int(stopped)  # the live lines agree with the summary
     for noise in ("WARNING", "Warning:", "Checkpoint successfully created", "pid=", "Trial status", "Traceback",
                   "Configuration for experiment", "tensorboard"):
         assert noise not in out, f"{noise!r} on the console:\n{out}"

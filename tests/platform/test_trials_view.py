@@ -17,9 +17,9 @@ def _search(view: TrialsView) -> None:
                                                                                       "data.crop": 96})
     view.on_trial_start(0, [], a)
     view.on_trial_start(0, [], b)
-    view.on_trial_result(0, [], a, {"epoch": 10, "seg_mean": 0.41})
-    view.on_trial_result(0, [], b, {"epoch": 10, "seg_mean": 0.20})
-    view.on_trial_result(0, [], a, {"epoch": 20, "seg_mean": 0.38})
+    view.on_trial_result(0, [], a, {"epoch": 10, "seg_mean": 0.41, "training_iteration": 1})
+    view.on_trial_result(0, [], b, {"epoch": 10, "seg_mean": 0.20, "training_iteration": 1})
+    view.on_trial_result(0, [], a, {"epoch": 20, "seg_mean": 0.38, "training_iteration": 2})
     view.on_trial_complete(0, [], b)  # stopped by ASHA
     view.on_trial_complete(0, [], a)
     view.on_experiment_end([])
@@ -27,27 +27,29 @@ def _search(view: TrialsView) -> None:
 
 def test_in_a_pipe_each_evaluation_and_each_trial_end_is_one_line():
     stream = io.StringIO()
-    _search(TrialsView(name="s", metric="seg_mean", mode="max", trials=2, stream=stream, interactive=False))
+    _search(TrialsView(name="s", metric="seg_mean", mode="max", trials=2, full_evaluations=2, stream=stream,
+                       interactive=False))
     lines = stream.getvalue().splitlines()
     assert "\x1b" not in stream.getvalue() and "\r" not in stream.getvalue()
     assert lines[:3] == ["trial a1 epoch 10: seg_mean 0.410 (best 0.410)",
                          "trial b2 epoch 10: seg_mean 0.200 (best 0.200)",
                          "trial a1 epoch 20: seg_mean 0.380 (best 0.410)"]
-    assert lines[3].startswith("trial b2 done after 10 epochs: best seg_mean 0.200; lr=0.0001 crop=96 (1/2 trials")
+    assert lines[3].startswith("trial b2 stopped after 10 epochs: best seg_mean 0.200; lr=0.0001 crop=96 (1/2 trials")
     assert lines[4].startswith("trial a1 done after 20 epochs: best seg_mean 0.410; lr=0.002 crop=128 (2/2 trials")
     assert len(lines) == 5
 
 
 def test_on_a_terminal_the_table_is_redrawn_in_place():
     stream = io.StringIO()
-    view = TrialsView(name="s", metric="seg_mean", mode="max", trials=2, stream=stream, interactive=True)
+    view = TrialsView(name="s", metric="seg_mean", mode="max", trials=2, full_evaluations=2, stream=stream,
+                      interactive=True)
     _search(view)
     frames = stream.getvalue().split("\x1b[")
     assert len(frames) > 3  # every redraw moves the cursor back over the previous table
     final = view.table()
     assert final[0].startswith("search s: 2/2 trials done") and final[0].endswith("best seg_mean 0.410")
     assert [line.split()[:5] for line in final[2:]] == [["a1", "done", "20", "0.380", "0.410"],
-                                                        ["b2", "done", "10", "0.200", "0.200"]]
+                                                        ["b2", "stopped", "10", "0.200", "0.200"]]
     assert stream.getvalue().endswith("\n".join(final) + "\n")
 
 
