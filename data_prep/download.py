@@ -10,7 +10,6 @@ absent.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import http.client
 import logging
@@ -26,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.errors import UserInputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +59,7 @@ def validate_name(name: str) -> str:
     if NAME_PATTERN.match(name):
         logger.info("%s is not a known CTC dataset but follows the naming pattern; trying it", name)
         return name
-    close = difflib.get_close_matches(name, KNOWN_DATASETS, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    hint = f"; {suggestion}" if (suggestion := did_you_mean(name, KNOWN_DATASETS, n=3, cutoff=0.5)) else ""
     raise UserInputError(
         f"dataset name {name!r} is not a CTC dataset (like DIC-C2DH-HeLa: <modality>-<C|N><2|3>D<H|L>-<name>){hint} "
         f"known: {', '.join(sorted(KNOWN_DATASETS))}"

@@ -8,7 +8,6 @@ versions registered by hand or by older releases may lack some of them.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.errors import UserInputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +83,7 @@ def require_model(client, name: str):
         return client.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in _all_pages(client.search_registered_models))
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = f"{suggestion} " if (suggestion := did_you_mean(name, known)) else ""
         raise UserInputError(f"no registered model named {name!r} ({hint}registered: "
                              f"{', '.join(known) or 'none'})") from None
 

@@ -58,7 +58,6 @@ and agree on the target kind. Sizes that must fit the model (crop multiples) are
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import logging
 import math
@@ -71,7 +70,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.errors import UserInputError, did_you_mean
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.yaml_files import describe_validation_error, read_yaml
 
@@ -198,8 +197,7 @@ def _check_objective(source: str, objective: Objective, dataset_names: list[str]
 
     known = reported_scores(dataset_names)
     if objective.metric not in known:
-        close = difflib.get_close_matches(objective.metric, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = f"{suggestion} " if (suggestion := did_you_mean(objective.metric, known)) else ""
         raise UserInputError(f"{source}: objective.metric {objective.metric!r} is not a score the trials report; "
                              f"{hint}choose seg_mean, iou_mean or <score>/<dataset> with score one of seg, iou, "
                              f"precision@0.5, recall@0.5, are (best/... for the best so far)")
@@ -309,8 +307,8 @@ class ParameterSet:
             for cond_key, allowed in param.conditions().items():
                 target = params.get(cond_key)
                 if target is None:
-                    close = difflib.get_close_matches(cond_key, [k for k in params if k != key], n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    suggestion = did_you_mean(cond_key, [k for k in params if k != key])
+                    hint = f"; {suggestion}" if suggestion else ""
                     raise UserInputError(f"{where}.{key}: when names {cond_key!r}, which is not a parameter of the "
                                          f"space{hint}")
                 if target.choice is None or not all(is_scalar(c) for c in target.choice):
@@ -415,8 +413,7 @@ def resolve_space_path(path_or_name: str | Path) -> Path:
         return shipped[str(path_or_name)]
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         raise UserInputError(f"{path}: search-space file not found")
-    close = difflib.get_close_matches(str(path_or_name), shipped, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; {suggestion}" if (suggestion := did_you_mean(path_or_name, shipped)) else ""
     raise UserInputError(f"unknown search space {str(path_or_name)!r}{hint} (shipped: {', '.join(shipped)}; "
                          "or give the path of a .yaml file)")
 
@@ -549,8 +546,7 @@ def check_key_path(key: str, where: str) -> None:
         fields = section.model_fields
         if part not in fields:
             parent = ".".join(parts[:i]) or "the training config"
-            close = difflib.get_close_matches(part, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; {suggestion}" if (suggestion := did_you_mean(part, fields)) else ""
             raise UserInputError(f"{where}: unknown key {part!r} in {parent}{hint} (keys: {', '.join(fields)})")
         section = _section_of(fields[part].annotation)
 
@@ -641,7 +637,6 @@ def _check_postprocess_study(source: str, study: PostprocessStudy, kinds: tuple[
     accepted = sorted({name for kind in kinds for name in DEFAULT_POSTPROCESS_PARAMS[kind]})
     for key, _ in study.parameters:
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; {suggestion}" if (suggestion := did_you_mean(key, accepted)) else ""
             raise UserInputError(f"{source}: postprocess.parameters.{key}: not a post-processing parameter of "
                                  f"{'/'.join(kinds)} models{hint} (available: {', '.join(accepted)})")

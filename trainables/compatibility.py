@@ -23,7 +23,7 @@ def check_model_and_loss(config: TrainConfig) -> ModelSpec:
             or ``mix`` with several crop sizes.
     """
     from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-    from celltune.trainables.registry import did_you_mean
+    from celltune.trainables.registry import unknown_name
 
     spec = _model_spec(json.dumps([config.model.name, config.model.options], sort_keys=True, default=str))
     if "margin" in config.loss.options:
@@ -35,7 +35,7 @@ def check_model_and_loss(config: TrainConfig) -> ModelSpec:
     accepted = DEFAULT_POSTPROCESS_PARAMS[spec.target_kind]
     for name in config.postprocess:
         if name not in accepted:
-            raise UserInputError(did_you_mean("post-processing parameter", name, accepted,
+            raise UserInputError(unknown_name("post-processing parameter", name, accepted,
                                               context=f"postprocess of {spec.target_kind} model "
                                                       f"{config.model.name!r}: "))
     crops = {config.data.crop_for(name) for name in config.data.dataset_names}

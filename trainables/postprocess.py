@@ -8,7 +8,6 @@ hyperparameter search tunes per dataset.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from scipy import ndimage
 from skimage import morphology, segmentation
 from skimage.feature import peak_local_max
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.errors import UserInputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,7 @@ DEFAULT_POSTPROCESS_PARAMS: dict[str, dict[str, Any]] = {
 
 
 def _suggest(name: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(name, allowed, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f" ({suggestion})" if (suggestion := did_you_mean(name, allowed)) else ""
 
 
 def _check_int(kind: str, name: str, value: Any, minimum: int) -> int:

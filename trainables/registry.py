@@ -27,7 +27,6 @@ for "tertiary" and "binary", a sigmoid per channel for "mask_marker").
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import logging
@@ -39,7 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.errors import UserInputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +52,10 @@ SizeMultiple = int | Callable[[Mapping[str, Any]], int]
 OptionalSize = int | Callable[[Mapping[str, Any]], int] | None
 
 
-def did_you_mean(what: str, value: object, choices: Iterable[str], *, context: str = "") -> str:
+def unknown_name(what: str, value: object, choices: Iterable[str], *, context: str = "") -> str:
     """One-line message for an unknown name, with close matches (difflib) and the sorted list of valid names."""
     names = sorted(choices)
-    close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; {suggestion}" if (suggestion := did_you_mean(value, names, n=3, cutoff=0.5)) else ""
     return f"{context}unknown {what} {value!r}{hint} (available: {', '.join(names) or 'none'})"
 
 
@@ -147,7 +145,7 @@ class _Entry:
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
         for key in options:
             if key not in self.defaults:
-                raise UserInputError(did_you_mean("option", key, self.defaults, context=f"model {self.name!r}: "))
+                raise UserInputError(unknown_name("option", key, self.defaults, context=f"model {self.name!r}: "))
         return _plain({**self.defaults, **options})
 
     def spec(self, options: Mapping[str, Any]) -> ModelSpec:
@@ -245,7 +243,7 @@ class ModelRegistry:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UserInputError(did_you_mean("model", name, self._entries)) from None
+            raise UserInputError(unknown_name("model", name, self._entries)) from None
 
     def names(self) -> list[str]:
         """Sorted registered names."""

@@ -183,7 +183,7 @@ def test_not_a_zip_is_refused(server: _Server, tmp_path: Path) -> None:
 
 
 def test_unknown_name_is_refused_with_a_suggestion(server: _Server, tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match="did you mean DIC-C2DH-HeLa"):
+    with pytest.raises(UserInputError, match="did you mean 'DIC-C2DH-HeLa'"):
         _get(server, tmp_path, name="DIC-C2DH-Hela")
     with pytest.raises(UserInputError, match="not a CTC dataset"):
         _get(server, tmp_path, name="../etc")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.errors import UserInputError, did_you_mean
 from celltune.trainables.losses.base import TARGET_KINDS, SegmentationLoss
 
 _LOSSES: dict[str, type[SegmentationLoss]] = {}
@@ -47,8 +46,7 @@ def list_losses() -> list[str]:
 
 def _lookup(name: str) -> type[SegmentationLoss]:
     if name not in _LOSSES:
-        close = difflib.get_close_matches(str(name), _LOSSES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f"; {suggestion}" if (suggestion := did_you_mean(name, _LOSSES)) else ""
         raise UserInputError(f"unknown loss {name!r}{hint} available: {', '.join(list_losses())}")
     return _LOSSES[name]
 
