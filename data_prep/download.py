@@ -55,7 +55,7 @@ def validate_name(name: str) -> str:
         return name
     same = [known for known in KNOWN_DATASETS if known.lower() == name.lower()]
     if same:
-        raise UserInputError(f"dataset name {name!r}: names are case-sensitive; did you mean {same[0]}?")
+        raise UserInputError(f"dataset name {name!r}: names are case-sensitive; did you mean {same[0]!r}?")
     if NAME_PATTERN.match(name):
         logger.info("%s is not a known CTC dataset but follows the naming pattern; trying it", name)
         return name
