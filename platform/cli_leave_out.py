@@ -41,6 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _leave_out(args: argparse.Namespace) -> int:
     from celltune.platform.config_io import load_config
+    from celltune.platform.console import LOG_FILE, library_output_to
     from celltune.platform.leave_out import ShotBudget, parse_shots, run_leave_out
     from celltune.trainables.config import TrainConfig
 
@@ -56,9 +57,13 @@ def _leave_out(args: argparse.Namespace) -> int:
         print(f"k={shot.label}: SEG from the universal model {_fmt(shot.from_universal)}, from scratch "
               f"{_fmt(shot.from_scratch)}", flush=True)
 
-    report, run_id = run_leave_out(recipe, args.dataset, shots=shots, budget=budget,
-                                   storage_path=args.storage, name=name, universal=args.universal,
-                                   tracking_uri=args.tracking_uri, experiment=args.experiment, on_shot=progress)
+    log_file = args.storage.resolve() / f"{name}-{LOG_FILE}"  # beside the study's runs <name>-*
+    with library_output_to(log_file, verbose=args.verbose, preload=("ray", "mlflow")) as log:
+        if log:
+            print(f"study {name}: library output in {log}", flush=True)
+        report, run_id = run_leave_out(recipe, args.dataset, shots=shots, budget=budget,
+                                       storage_path=args.storage, name=name, universal=args.universal,
+                                       tracking_uri=args.tracking_uri, experiment=args.experiment, on_shot=progress)
     print(report.format())
     print(f"MLflow run {run_id} (table and curve under leave_out/)")
     return 0
