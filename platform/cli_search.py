@@ -49,6 +49,7 @@ def _search(args: argparse.Namespace) -> int:
         search_log_file,
         search_plan,
     )
+    from celltune.platform.train_run import check_run_name
     from celltune.search_spaces.space import load_space
     from celltune.search_spaces.tuner import SearchSettings
 
@@ -78,6 +79,7 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps(search_plan(space, settings, available), indent=2, default=str))
         return 0
     name = args.name or default_search_name(space)
+    check_run_name(name)  # before it names the log file's folder
     with library_output_to(search_log_file(args.storage, name), verbose=args.verbose, preload=LIBRARIES) as log:
         if log:
             print(f"search {name}: library output in {log}", flush=True)

@@ -43,6 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     from celltune.platform.tracking import redact_uri
     from celltune.platform.train_run import (
         check_config,
+        check_run_name,
         default_run_name,
         dry_run_plan,
         run_training,
@@ -72,6 +73,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not args.name:
         raise UserInputError("--resume needs --name of the run to continue")
     name = args.name or default_run_name()
+    check_run_name(name)  # before it names the log file's folder
     log_file = (args.storage / name / LOG_FILE).resolve()
     preload = (*(() if args.no_tracking else ("mlflow",)), *(() if args.local else ("ray",)))
     with library_output_to(log_file, verbose=args.verbose, preload=preload) as captured:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from celltune.platform.tracking import (
     metric_name,
 )
 from celltune.platform.tracking import experiment_id as experiment_id_of
+from celltune.platform.train_run import check_run_name
 from celltune.platform.trials_view import TrialsView
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
@@ -62,7 +62,6 @@ TRIAL_TAG = "celltune.trial_id"
 REGISTERED_TAG = "celltune.registered_version"
 CHILD_RUN_WAIT_S = 30.0
 BASE_TREE_FILE = "celltune_base_config.json"
-SEARCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -232,9 +231,8 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())
     if resume and not name:
         raise UserInputError("--resume needs --name of the search to continue")
-    if name is not None and not SEARCH_NAME.fullmatch(name):
-        raise UserInputError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (starting with a letter or "
-                             "digit)")
+    if name is not None:
+        check_run_name(name)
     space = resolve_stores(space)
     storage = storage if "://" in str(storage) else str(Path(storage).resolve())
     name = name or default_search_name(space)

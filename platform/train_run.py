@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from celltune.trainables.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 RUN_LINK_FILE = "celltune_run.json"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a folder name under the storage, never a path
 DEFAULT_EXPERIMENT = "celltune-train"
 
 
@@ -36,6 +38,13 @@ class TrainRunResult:
     tracking_uri: str
     metrics: dict[str, float]
     checkpoint_dir: Path | None
+
+
+def check_run_name(name: str) -> None:
+    """Run and search names become folders (and a log file's place): no separators, no leading dot."""
+    if not RUN_NAME.fullmatch(name):
+        raise UserInputError(f"--name {name!r}: use letters, digits, '.', '_', '+' and '-' (starting with a letter "
+                             "or digit)")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -66,22 +75,23 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
     import mlflow
 
     config, storage_path, name = _prepared(config, storage_path, name, resume)
+    run_folder = storage_path / name
+    link_file = run_folder / RUN_LINK_FILE
+    # The name is checked before Ray starts: its start-up lines must not land in another run's log file.
+    if resume and not link_file.is_file():
+        raise UserInputError(f"--resume: no run named {name!r} under {storage_path}")
+    if not resume and run_folder.exists():
+        raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
+                             "pass --resume to continue it or choose another name")
     if not local:
         _ray_that_fits(config, address)  # before anything is written: a run Ray can never place is refused
     tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())  # workers run in other folders
-    run_folder = storage_path / name
-    link_file = run_folder / RUN_LINK_FILE
     parent = load_parent(config, tracking_uri)  # a bad --init fails here, before anything is written
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     if resume:
-        if not link_file.is_file():
-            raise UserInputError(f"--resume: no run named {name!r} under {storage_path}")
         run_id = json.loads(link_file.read_text())["mlflow_run_id"]
         client.update_run(run_id, status="RUNNING")
     else:
-        if run_folder.exists():
-            raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
-                                 "pass --resume to continue it or choose another name")
         experiment_id = tracking_experiment_id(client, experiment, tracking_uri)
         tags = {"mlflow.runName": name, "celltune.kind": "train", **provenance_tags(parent_config(config, parent))}
         if parent_run_id:
@@ -133,6 +143,8 @@ def _prepared(config: TrainConfig, storage_path: Path, name: str | None,
     check_config(config)
     if resume and not name:
         raise UserInputError("--resume needs --name of the run to continue")
+    if name:
+        check_run_name(name)
     storage_path = Path(storage_path).resolve()
     if storage_path.exists() and not storage_path.is_dir():
         raise UserInputError(f"--storage {storage_path}: is a file, not a folder")

@@ -62,6 +62,7 @@ class TrialsView(Callback):
         self.__dict__.update(state)
         self.stream = sys.stderr
         self._drawn = 0
+        self._started = time.monotonic()  # a resumed search: another process's clock; elapsed counts from here
 
     # Tune's hooks
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:

@@ -75,6 +75,7 @@ def test_local_untracked_training_imports_neither_ray_nor_mlflow(tmp_path, demo_
     (["--device", "cpu"], "--device goes with --local"),
     (["--no-tracking"], "--no-tracking goes with --local"),
     (["--local", "--address", "ray://head:10001"], "--local trains in this process; leave out --address"),
+    (["--name", "../elsewhere"], "--name '../elsewhere': use letters, digits"),  # a name, not a path
 ])
 def test_local_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, expected, capsys):
     config = tmp_path / "train.yaml"
