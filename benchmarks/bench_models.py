@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from celltune.trainables.architectures import build_model, list_models
 from celltune.trainables.complexity import count_conv_macs, count_parameters
-from celltune.trainables.registry import build_model, list_models
 
 BASELINE = "unet"
 

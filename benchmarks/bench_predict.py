@@ -29,10 +29,11 @@ from celltune.data_prep.stats import IntensityStats
 from celltune.data_prep.synth import SynthSpec, generate_dataset
 from celltune.data_prep.targets import marker_erosion_for, mask_marker_target, tertiary_target
 from celltune.platform.cell_tracker import track_sequence
+from celltune.trainables.architectures import build_model
 from celltune.trainables.data import normalize
 from celltune.trainables.inference import activation_for, predict_probabilities
-from celltune.trainables.postprocess import one_hot, postprocess
-from celltune.trainables.registry import build_model
+from celltune.trainables.postprocess import one_hot
+from celltune.trainables.target_kinds import postprocess
 
 ARCHITECTURES = ("unet", "unet_xb", "xbnet", "u_se_resnet")
 BASELINE = "unet"

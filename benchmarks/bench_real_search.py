@@ -145,21 +145,18 @@ def run_arm(arm: str, space, minutes: float, trials: int, storage: Path, cores: 
 
 def threshold_gain(results, space) -> dict[str, tuple[float, float]]:
     """SEG per dataset of the best trial with its training thresholds and with the study's tuned ones."""
-    import json
-
     from celltune.search_spaces.postprocess_study import predict_validation, seg_score_for, tune_postprocess
     from celltune.search_spaces.tuner import checkpoint_of
-    from celltune.trainables.train_loop import CONFIG_FILE, load_trained_model
+    from celltune.trainables.model_card import BEST_WEIGHTS, load_model_folder
 
     best = results.get_best_result(metric="seg_mean", mode="max", scope="all")
-    folder = Path(checkpoint_of(best).to_directory())
-    model, description = load_trained_model(folder)
-    config = space.base_config().model_validate(json.loads((folder / CONFIG_FILE).read_text())["train_config"])
-    probabilities = predict_validation(model, description, config.data)
+    model, card = load_model_folder(Path(checkpoint_of(best).to_directory()), weights_names=(BEST_WEIGHTS,))
+    config = space.base_config().model_validate(card.train_config)
+    probabilities = predict_validation(model, card, config.data)
     kind = probabilities.kind
     choice = tune_postprocess(probabilities, space.postprocess.for_target_kind(kind),
-                              trials=space.postprocess.trials, start_params=description["postprocess"])
-    return {name: (seg_score_for(kind, frames, description["postprocess"]),
+                              trials=space.postprocess.trials, start_params=card.postprocess)
+    return {name: (seg_score_for(kind, frames, card.postprocess),
                    seg_score_for(kind, frames, choice.per_dataset[name]))
             for name, frames in probabilities.frames.items() if frames}
 

@@ -68,8 +68,8 @@ def _timed(step: Callable[[], None], device: torch.device, iters: int) -> float:
 
 
 def model_rows(device: torch.device, sizes: Sizes, *, compile_: bool, peak_tflops: float) -> list[dict]:
+    from celltune.trainables.architectures import build_model
     from celltune.trainables.complexity import count_conv_macs
-    from celltune.trainables.registry import build_model
 
     modes = [("fp32", None, False, False), ("bf16", torch.bfloat16, False, False),
              ("bf16+channels_last", torch.bfloat16, True, False)]
@@ -196,9 +196,9 @@ def train_rows(stores: list[Path], device: torch.device, sizes: Sizes, minutes: 
 
 def predict_rows(device: torch.device, sizes: Sizes) -> list[dict]:
     from celltune.platform.cell_tracker import track_sequence
+    from celltune.trainables.architectures import build_model
     from celltune.trainables.inference import predict_probabilities
-    from celltune.trainables.postprocess import postprocess
-    from celltune.trainables.registry import build_model
+    from celltune.trainables.target_kinds import postprocess
 
     rows = []
     for name in MODELS:

@@ -20,8 +20,8 @@ import numpy as np
 
 from celltune.data_prep import store_format as sf
 from celltune.data_prep import targets, tracks
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.ctc_layout import LabelFile, SequenceLayout
-from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.shards import LABEL_CODEC, RAW_CODEC, ShardWriter, create_frame_array
 from celltune.data_prep.stats import IntensityStats
 from celltune.data_prep.tiff_io import FileRecord, check_labels, checksum, read_bytes, read_tiff
@@ -124,6 +124,9 @@ class _SequenceConverter:
         first_name = layout.raw[0].name
         for t, path in enumerate(layout.raw):
             frame, record = self._read(path)
+            if frame.dtype.kind not in "biuf":  # complex (or structured) pixels have no intensity to normalise
+                raise UserInputError(f"{self._rel(path)}: raw frame has {frame.dtype} dtype; expected integer or "
+                                     "float intensities")
             if writer is None:
                 self.frame_shape, self.dtype, self.ndim = frame.shape, frame.dtype, frame.ndim
                 self.stats = IntensityStats(frame.dtype)
@@ -265,7 +268,7 @@ class _SequenceConverter:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise UserInputError(f"{rel}: not a text file") from None
-        table = tracks.parse_man_track(text, rel)
+        table = tracks.parse_man_track(text, rel, len(self.layout.raw))
         if self.layout.tra:
             names = {f.t: f.path.name for f in self.layout.tra}
             tracks.check_against_masks(table, self.present_tra, rel, names)

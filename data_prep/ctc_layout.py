@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +99,39 @@ def _rel(src: Path, path: Path) -> str:
         return str(path)
 
 
-def _is_dataset_dir(path: Path) -> bool:
+def _entries(src: Path, folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; an unreadable folder is a one-line error naming it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise UserInputError(f"{_rel(src, folder)}: cannot list folder ({exc.strerror or exc})") from None
+
+
+def _is_folder(src: Path, folder: Path) -> bool:
+    """Whether ``folder`` exists; a symlink loop, a dangling link or a file in its place is a one-line error
+    (skipping it would leave its annotations out of the store without a word)."""
+    try:
+        mode = folder.stat().st_mode
+    except FileNotFoundError:
+        if folder.is_symlink():
+            raise UserInputError(f"{_rel(src, folder)}: broken symbolic link") from None
+        return False
+    except OSError as exc:
+        raise UserInputError(f"{_rel(src, folder)}: cannot open folder ({exc.strerror or exc})") from None
+    if not stat.S_ISDIR(mode):
+        raise UserInputError(f"{_rel(src, folder)}: not a folder")
+    return True
+
+
+def _is_dataset_dir(src: Path, path: Path) -> bool:
     if not path.is_dir() or path.name.startswith("."):
         return False
-    return any(_SEQ_RE.match(p.name) or _SEQ_EXTRA_RE.match(p.name) for p in path.iterdir() if p.is_dir())
+    try:
+        children = list(path.iterdir())
+    except OSError as exc:  # e.g. lost+found beside the datasets; a dataset named with --datasets fails instead
+        logger.warning("%s: skipped (cannot list folder: %s)", _rel(src, path), exc.strerror or exc)
+        return False
+    return any(_SEQ_RE.match(p.name) or _SEQ_EXTRA_RE.match(p.name) for p in children if p.is_dir())
 
 
 def discover(src: Path | str, names: list[str] | None = None) -> list[DatasetLayout]:
@@ -110,7 +140,8 @@ def discover(src: Path | str, names: list[str] | None = None) -> list[DatasetLay
     Raises:
         UserInputError: ``src`` missing, a named dataset missing, a dataset with no sequences, a sequence
             with GT/ST but no raw folder or no raw frames, gaps in the raw frames, labels for frames
-            that have no raw frame, duplicate or conflicting label files, TRA masks without man_track.txt.
+            that have no raw frame, duplicate or conflicting label files, TRA masks without man_track.txt,
+            a CTC file name that is not a readable regular file (a symlink loop, a dangling link, a folder).
     """
     src = Path(src)
     if not src.is_dir():
@@ -126,34 +157,46 @@ def discover(src: Path | str, names: list[str] | None = None) -> list[DatasetLay
                 raise UserInputError(f"{src / name}: dataset folder not found")
         dirs = [src / n for n in names]
     else:
-        dirs = sorted(p for p in src.iterdir() if _is_dataset_dir(p))
+        dirs = [p for p in _entries(src, src) if _is_dataset_dir(src, p)]
         if not dirs:
             raise UserInputError(f"{src}: no CTC datasets found (expected <DS>/01/t000.tif, <DS>/01_GT, ...)")
     return [_discover_dataset(src, d) for d in dirs]
 
 
 def _discover_dataset(src: Path, path: Path) -> DatasetLayout:
-    entries = {p.name: p for p in path.iterdir()}
+    entries = {p.name: p for p in _entries(src, path)}
     seq_names = sorted({m.group(1) for n in entries if (m := _SEQ_RE.match(n) or _SEQ_EXTRA_RE.match(n))})
     if not seq_names:
         raise UserInputError(f"{_rel(src, path)}: empty dataset: no sequence folders (01, 02, ...)")
     sequences = []
     for seq in seq_names:
         raw_dir = path / seq
-        if not raw_dir.is_dir():
+        if not _is_folder(src, raw_dir):
             have = ", ".join(n for n in (f"{seq}_GT", f"{seq}_ST") if n in entries)
             raise UserInputError(f"{_rel(src, raw_dir)}: raw folder missing ({have} exists)")
         sequences.append(_discover_sequence(src, path, seq))
     return DatasetLayout(path.name, path, tuple(sequences))
 
 
+def _check_file(src: Path, path: Path) -> Path:
+    """``path`` if it is a regular file (or a link to one); a symlink loop, a dangling link or a folder under a
+    CTC file name is refused here, before any work starts."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UserInputError(f"{_rel(src, path)}: cannot read file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise UserInputError(f"{_rel(src, path)}: not a regular file")
+    return path
+
+
 def _scan(folder: Path, pattern: re.Pattern[str], src: Path) -> list[tuple[re.Match[str], Path]]:
     """Files of ``folder`` matching ``pattern``; other TIFFs are logged and ignored."""
     found: list[tuple[re.Match[str], Path]] = []
-    for p in sorted(folder.iterdir()):
+    for p in _entries(src, folder):
         m = pattern.match(p.name)
         if m:
-            found.append((m, p))
+            found.append((m, _check_file(src, p)))
         elif p.suffix.lower() in (".tif", ".tiff"):
             logger.warning("%s: ignored (name does not match %s)", _rel(src, p), pattern.pattern)
     return found
@@ -183,9 +226,9 @@ def _discover_sequence(src: Path, path: Path, seq: str) -> SequenceLayout:
 
     def labels(folder: Path, patterns: tuple[re.Pattern[str], ...]) -> tuple[LabelFile, ...]:
         out: dict[tuple[int, int | None], LabelFile] = {}
-        if not folder.is_dir():
+        if not _is_folder(src, folder):
             return ()
-        for p in sorted(folder.iterdir()):
+        for p in _entries(src, folder):
             m = next((m for pat in patterns if (m := pat.match(p.name))), None)
             if m is None:
                 if p.suffix.lower() in (".tif", ".tiff"):
@@ -198,7 +241,7 @@ def _discover_sequence(src: Path, path: Path, seq: str) -> SequenceLayout:
                                      f"(frames 0..{num - 1})")
             if (t, z) in out:
                 raise UserInputError(f"{_rel(src, p)}: frame {t} also annotated by {out[(t, z)].path.name}")
-            out[(t, z)] = LabelFile(p, t, z)
+            out[(t, z)] = LabelFile(_check_file(src, p), t, z)
         full = {t for t, z in out if z is None}
         for (t, z), f in out.items():
             if z is not None and t in full:
@@ -210,7 +253,9 @@ def _discover_sequence(src: Path, path: Path, seq: str) -> SequenceLayout:
     tra_dir = path / f"{seq}_GT" / "TRA"
     tra = labels(tra_dir, (_TRA_RE,))
     man_track = tra_dir / MAN_TRACK_TXT
-    if not man_track.is_file():
+    if man_track.is_symlink() or man_track.exists():
+        _check_file(src, man_track)
+    else:
         if tra:
             raise UserInputError(f"{_rel(src, man_track)}: missing (TRA masks need the track table)")
         man_track = None

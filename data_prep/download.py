@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from celltune.data_prep.errors import UserInputError, did_you_mean
+from celltune.data_prep.common import UserInputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 

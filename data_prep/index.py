@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from celltune.data_prep import store_format as sf
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 INDEX_VERSION = 1
 NO_Z = -1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from celltune.data_prep import store_format as sf
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -33,9 +33,9 @@ from typing import Any
 
 from celltune.data_prep import index as index_mod
 from celltune.data_prep import store_format as sf
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.convert import SequenceResult, celltune_version, conversion_params, convert_sequence
 from celltune.data_prep.ctc_layout import DatasetLayout, SequenceLayout, discover
-from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.tiff_io import FileRecord, checksum, read_bytes
 from celltune.data_prep.tracks import parse_man_track
 
@@ -144,7 +144,10 @@ def _convert_task(layout: SequenceLayout, store_dir: str) -> Iterator[tuple[str,
 
 @contextlib.contextmanager
 def _lock(out_dir: Path) -> Iterator[None]:
-    handle = open(out_dir / sf.LOCK_FILE, "a+")
+    try:
+        handle = open(out_dir / sf.LOCK_FILE, "a+")
+    except OSError as exc:
+        raise UserInputError(f"{out_dir}: cannot write in the output folder ({exc.strerror or exc})") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -174,7 +177,7 @@ def _check_man_tracks(layouts: list[DatasetLayout]) -> None:
                     text = read_bytes(seq.man_track, rel).decode("utf-8")
                 except UnicodeDecodeError:
                     raise UserInputError(f"{rel}: not a text file") from None
-                parse_man_track(text, rel)
+                parse_man_track(text, rel, len(seq.raw))
 
 
 def _remove_stale(out_dir: Path, dataset: str) -> None:
@@ -325,18 +328,30 @@ def prep_datasets(
     layouts = discover(src, list(datasets) if datasets is not None else None)
     _check_targets(out_dir, layouts)
     _check_man_tracks(layouts)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_created(created)
+        raise UserInputError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
     report = PrepReport(out_dir)
     try:
         _prep_locked(out_dir, layouts, report, force=force, address=address, show_progress=show_progress, seed=seed)
     except BaseException:
-        # a folder this run made and left with nothing but its lock is removed: a failed prep leaves no trace
+        # folders this run made and left with nothing but its lock are removed: a failed prep leaves no trace
         if created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {sf.LOCK_FILE}:
             shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_created(created)
         raise
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the (empty) folders of ``created`` that exist, deepest first."""
+    for path in created:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def _prep_locked(out_dir: Path, layouts: list[DatasetLayout], report: PrepReport, *, force: bool,

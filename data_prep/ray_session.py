@@ -83,7 +83,7 @@ def task_events(running: dict, describe) -> Iterator[tuple[Any, Any, str, Any]]:
     """
     import ray
 
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
 
     while running:
         ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)

@@ -36,7 +36,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _decode_tifffile(data: bytes, rel: str) -> np.ndarray:
         except UserInputError:
             raise
         except Exception as exc:  # tifffile raises many types for damaged files
-            reason = " ".join(str(exc).split()) or type(exc).__name__
+            reason = one_line(exc, 1000)
             raise UserInputError(f"{rel}: unreadable TIFF ({reason})") from None
 
 

@@ -11,11 +11,16 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 
-def parse_man_track(text: str, rel: str) -> np.ndarray:
+def parse_man_track(text: str, rel: str, num_frames: int | None = None) -> np.ndarray:
     """Parse and check the table; returns an int64 array ``(N, 4)`` with columns L, B, E, P.
+
+    Args:
+        text: the file's content.
+        rel: the file's path, for messages.
+        num_frames: frames in the sequence; with it, a track ending at frame ``num_frames`` or later is refused.
 
     Raises:
         UserInputError: a malformed line or a row breaking the rules above (names the line).
@@ -33,10 +38,15 @@ def parse_man_track(text: str, rel: str) -> np.ndarray:
         if len(values) != 4:
             raise UserInputError(f"{rel}: line {number} {line.strip()!r}: expected four integers 'L B E P'")
         label, begin, end, parent = values
+        if any(abs(v) >= 1 << 63 for v in values):  # would not fit the int64 table
+            raise UserInputError(f"{rel}: line {number} {line.strip()!r}: number too large")
         if label <= 0 or begin < 0 or parent < 0:
             raise UserInputError(f"{rel}: line {number} {line.strip()!r}: L must be > 0, B and P >= 0")
         if begin > end:
             raise UserInputError(f"{rel}: line {number}: track {label} begins (B={begin}) after it ends (E={end})")
+        if num_frames is not None and end >= num_frames:
+            raise UserInputError(f"{rel}: line {number}: track {label} ends at frame {end}, past the last frame "
+                                 f"{num_frames - 1}")
         if label in line_of:
             raise UserInputError(f"{rel}: line {number}: track {label} already defined on line {line_of[label]}")
         line_of[label] = number

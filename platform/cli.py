@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError, one_line
 from celltune.platform import (
     cli_data,
     cli_evaluate,
@@ -61,9 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,16 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         if args.debug:
             raise
-        print(f"celltune: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"celltune: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        detail = _one_line(exc) if str(exc) else ""
+        detail = one_line(exc) if str(exc) else ""
         print(f"celltune: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:
             raise
-        print(f"celltune: failed: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)",
+        print(f"celltune: failed: {type(exc).__name__}: {one_line(exc)} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return EXIT_FAILURE
     return int(result or EXIT_OK)

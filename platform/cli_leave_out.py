@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
-from celltune.platform.cli_train import DEFAULT_STORAGE
+from celltune.platform.command_options import DEFAULT_RUN_STORAGE as DEFAULT_STORAGE
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

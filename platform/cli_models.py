@@ -1,29 +1,22 @@
-"""`celltune models`: list, show, compare and promote registered models (MLflow aliases, no stages), and
+"""`celltune models`: list, show, compare, promote and export registered models (MLflow aliases, no stages), and
 report how they transfer to other datasets (``transfer``: SEG per model and dataset).
 
-``promote`` is the one command that changes anything: it moves an alias (default ``champion``) and records who,
-when, why and the previous holder as ``celltune.promoted.<alias>.*`` tags on the promoted version. It refuses to
-move the alias to a version whose validation ``seg_mean`` is below the current holder's unless forced, so a
-worse model never replaces a better one by accident.
+Parsing and printing only: promotion lives in :mod:`celltune.platform.model_promotion`, export in
+:mod:`celltune.platform.model_export`, the views in :mod:`celltune.platform.model_registry_views`.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
-import os
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.platform.model_promotion import DEFAULT_ALIAS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALIAS = "champion"
-_VERSION = re.compile(r"^\d+$")
 _REF_HELP = "NAME (all versions), NAME@ALIAS or NAME/VERSION"
 
 
@@ -72,6 +65,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                           help="test-time augmentation: average over the 8 flips and quarter turns (8x the time)")
     transfer.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     transfer.set_defaults(handler=_transfer)
+    from celltune.platform.model_export import FORMATS
+
+    export = with_uri(sub.add_parser("export", help="write a model as ONNX or as a bioimage.io model package"))
+    export.add_argument("model", metavar="MODEL",
+                        help="NAME@ALIAS, NAME/VERSION (models:/ optional) or a checkpoint folder")
+    export.add_argument("--format", required=True, dest="export_format", metavar="FORMAT", help=" or ".join(FORMATS))
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new folder for the exported files")
+    export.set_defaults(handler=_export)
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
@@ -81,13 +82,13 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 
 def _client(args: argparse.Namespace):
-    from celltune.platform.registry_views import registry_client
+    from celltune.platform.model_registry_views import registry_client
 
     return registry_client(_tracking_uri(args))
 
 
 def _list(args: argparse.Namespace) -> int:
-    from celltune.platform.registry_views import format_model_list, list_models
+    from celltune.platform.model_registry_views import format_model_list, list_models
 
     models = list_models(_client(args))
     print(format_model_list(models) if models else f"no registered models in {_tracking_uri(args)}")
@@ -96,7 +97,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from celltune.platform.model_registry import resolve_ref
-    from celltune.platform.registry_views import (
+    from celltune.platform.model_registry_views import (
         eval_metrics,
         format_version,
         model_versions,
@@ -121,7 +122,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from celltune.platform.registry_views import format_compare, model_versions
+    from celltune.platform.model_registry_views import format_compare, model_versions
 
     views = model_versions(_client(args), args.name)
     print(format_compare(views) if views else f"{args.name}: no versions registered")
@@ -129,6 +130,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
+    from celltune.platform.model_promotion import promote
+
     result = promote(args.name, args.version, alias=args.alias, force=args.force, reason=args.reason,
                      tracking_uri=_tracking_uri(args))
     print(result.message)
@@ -136,7 +139,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from celltune.platform.cli_predict import split_overrides
+    from celltune.platform.command_options import split_overrides
     from celltune.platform.model_registry import load_model
     from celltune.platform.predict import PredictOptions
     from celltune.platform.transfer import (
@@ -186,6 +189,14 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from celltune.platform.model_export import export_model
+
+    print(export_model(_model_uri(args.model), args.export_format, args.out,
+                       tracking_uri=_tracking_uri(args)).summary())
+    return 0
+
+
 def _model_uri(model: str) -> str:
     """A checkpoint folder as given; anything else is a registered model, ``models:/`` optional."""
     return model if model.startswith("models:/") or Path(model).exists() else f"models:/{model}"
@@ -193,94 +204,3 @@ def _model_uri(model: str) -> str:
 
 def _model_label(model: str) -> str:
     return Path(model).name if Path(model).exists() else model.removeprefix("models:/")
-
-
-@dataclass(frozen=True)
-class Promotion:
-    """What :func:`promote` did: ``moved`` is False when the alias already pointed at the version."""
-
-    name: str
-    alias: str
-    version: str
-    previous: str | None
-    moved: bool
-    message: str
-
-
-def _score(value: float | None) -> str:
-    return "none" if value is None else f"{value:.6g}"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (some containers): getpass raises KeyError/OSError depending on Python
-        return os.environ.get("USER") or "unknown"
-
-
-def promote(name: str, version: str, *, alias: str = DEFAULT_ALIAS, force: bool = False, reason: str = "",
-            tracking_uri: str | None = None, user: str | None = None, now: datetime | None = None) -> Promotion:
-    """Move ``alias`` of registered model ``name`` to ``version`` and record the promotion on that version.
-
-    Args:
-        name: registered model name.
-        version: version number (digits).
-        alias: the alias to move, created when the model has none by that name.
-        force: promote even when the version's ``celltune.seg_mean`` is below the current holder's or missing.
-        reason: free text stored as ``celltune.promoted.<alias>.reason``.
-        tracking_uri: MLflow tracking (and registry) URI; default ``default_tracking_uri()``.
-        user, now: who and when to record (default: the login name and the current UTC time).
-
-    Raises:
-        UserInputError: unknown model or version, a bad alias, a version without ``celltune.seg_mean``, or a
-            version scoring below the current holder (each without ``force`` where forcing applies).
-    """
-    from mlflow.exceptions import MlflowException
-
-    from celltune.platform.model_registry import resolve_ref
-    from celltune.platform.registry_views import PROMOTED_PREFIX, registry_client, require_model, version_view
-    from celltune.platform.tracking import default_tracking_uri
-
-    tracking_uri = tracking_uri or default_tracking_uri()
-    version = str(version).strip()
-    if not _VERSION.match(version):
-        raise UserInputError(f"version {version!r}: must be a version number such as 3")
-    version = str(int(version))
-    if not alias.strip():
-        raise UserInputError("--alias: must not be empty")
-    client = registry_client(tracking_uri)
-    registered = require_model(client, name)
-    resolve_ref(f"models:/{name}/{version}", tracking_uri=tracking_uri)  # unknown version -> one-line error
-    target = version_view(client, name, version)
-    holder_number = (registered.aliases or {}).get(alias)
-    holder = None if holder_number is None else version_view(client, name, holder_number)
-    if holder is not None and holder.version == target.version:
-        return Promotion(name, alias, version, version, moved=False,
-                         message=f"{alias} of {name} already points to version {version}; nothing changed")
-    if target.seg_mean is None and not force:
-        raise UserInputError(f"{name} version {version} has no celltune.seg_mean tag to compare; pass --force to "
-                             f"promote it to {alias} anyway")
-    below = holder is not None and None not in (holder.seg_mean, target.seg_mean) and \
-        target.seg_mean < holder.seg_mean
-    if below and not force:
-        raise UserInputError(f"refusing to move {alias} from version {holder.version} (seg_mean "
-                             f"{_score(holder.seg_mean)}) to version {version} (seg_mean {_score(target.seg_mean)}); "
-                             "pass --force to promote anyway")
-    try:
-        client.set_registered_model_alias(name, alias, version)
-    except MlflowException as exc:  # e.g. reserved aliases such as "latest" or "v3"
-        raise UserInputError(f"--alias {alias!r}: {' '.join(exc.message.split())}") from None
-    at = (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-    previous = "" if holder is None else str(holder.version)
-    record = {"by": user or _user(), "at": at, "reason": reason, "previous": previous}
-    for key, value in record.items():
-        client.set_model_version_tag(name, version, f"{PROMOTED_PREFIX}{alias}.{key}", value)
-    logger.info("promoted %s version %s to %s (previous %s)", name, version, alias, previous or "none")
-    if holder is None:
-        message = f"{alias} of {name} now points to version {version} (seg_mean {_score(target.seg_mean)})"
-    else:
-        message = (f"moved {alias} of {name} from version {holder.version} (seg_mean {_score(holder.seg_mean)}) "
-                   f"to version {version} (seg_mean {_score(target.seg_mean)})")
-    if below or target.seg_mean is None:
-        message += " (forced)"
-    return Promotion(name, alias, version, previous or None, moved=True, message=message)

@@ -34,12 +34,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and the threshold study")
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="trials at once (default: as many as the cluster's resources hold)")
+    parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                        help="checkpoints kept per trial (default 1: the latest holds the best weights and the "
+                             "resume state); trials ASHA stopped early lose theirs unless they are the best")
     parser.add_argument("--dry-run", action="store_true", help="print the checked space and the plan, then exit")
     parser.set_defaults(handler=_search)
 
 
 def _search(args: argparse.Namespace) -> int:
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.platform.config_io import parse_overrides
     from celltune.platform.console import LIBRARIES, library_output_to
     from celltune.platform.search_run import (
@@ -48,6 +51,7 @@ def _search(args: argparse.Namespace) -> int:
         run_search,
         search_log_file,
         search_plan,
+        search_summary,
     )
     from celltune.platform.train_run import check_run_name
     from celltune.search_spaces.space import load_space
@@ -58,12 +62,16 @@ def _search(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserInputError(f"--max-concurrent {args.max_concurrent}: must be at least 1 (leave it out for as many "
                              "trials as the cluster's resources hold)")
+    if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
+        raise UserInputError(f"--keep-checkpoints {args.keep_checkpoints}: must be at least 1 (the latest "
+                             "checkpoint is what a trial resumes from and what the best trial registers)")
     if "://" not in args.storage and Path(args.storage).exists() and not Path(args.storage).is_dir():
         raise UserInputError(f"--storage {args.storage}: is a file, not a folder")
     if args.resume:  # Tune restores the search as it started: its trial count, sampler and base config
         given = [flag for flag, value in (("--set", args.overrides), ("--init", args.init),
                                           ("--trials", args.trials is not None),
-                                          ("--seed", args.seed != 0)) if value]
+                                          ("--seed", args.seed != 0),
+                                          ("--keep-checkpoints", args.keep_checkpoints is not None)) if value]
         if given:
             raise UserInputError(f"--resume continues the search with the settings it started with; leave out "
                                  f"{', '.join(given)}")
@@ -74,7 +82,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.dry_run:
         space = resolve_stores(space)
         settings = SearchSettings(storage_path=args.storage, name=args.name or "<name>", seed=args.seed,
-                                  trials=args.trials or space.trials, max_concurrent=args.max_concurrent)
+                                  trials=args.trials or space.trials, max_concurrent=args.max_concurrent,
+                                  checkpoints_to_keep=args.keep_checkpoints or 1)
         available = {"CPU": float(os.cpu_count() or 1)}
         print(json.dumps(search_plan(space, settings, available), indent=2, default=str))
         return 0
@@ -85,31 +94,9 @@ def _search(args: argparse.Namespace) -> int:
             print(f"search {name}: library output in {log}", flush=True)
         result = run_search(space, storage=args.storage, name=name, resume=args.resume, trials=args.trials,
                             seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
-                            address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent)
-    print(summary(result))
+                            address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent,
+                            checkpoints_to_keep=args.keep_checkpoints or 1)
+    print(search_summary(result))
     if log:
         print(f"library output: {log}")
     return 0
-
-
-def summary(result) -> str:
-    """What a user wants after a search: the trials, the winner, the thresholds and where to look."""
-    from celltune.platform.search_plots import trials_table
-    from celltune.platform.tracking import redact_uri
-
-    lines = [f"search {result.name}: {len(result.trials)} trials "
-             f"({sum(t.status == 'completed' for t in result.trials)} completed, "
-             f"{sum(t.status == 'stopped early' for t in result.trials)} stopped early by ASHA, "
-             f"{sum(t.status == 'failed' for t in result.trials)} failed)"]
-    lines.append(trials_table([t.as_row("objective") for t in result.trials]))
-    if result.best is not None:
-        lines.append(f"best trial {result.best.trial_id}: objective {result.best.objective:.4f}")
-    if result.scores:
-        lines.append("validation with tuned thresholds: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in sorted(result.scores.items()) if k.startswith("seg")))
-    if result.registered_version:
-        lines.append(f"registered models:/{result.registered_name}/{result.registered_version} "
-                     f"(alias candidate: models:/{result.registered_name}@candidate)")
-    lines.append(f"MLflow parent run {result.parent_run_id} in {redact_uri(result.tracking_uri)}")
-    lines.append(f"resume or inspect: {result.path}")
-    return "\n".join(lines)

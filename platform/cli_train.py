@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_STORAGE = Path("celltune-runs")
+from celltune.platform.command_options import DEFAULT_RUN_STORAGE as DEFAULT_STORAGE
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.platform.config_io import load_config
     from celltune.platform.console import LOG_FILE, library_output_to
     from celltune.platform.tracking import redact_uri

@@ -31,7 +31,7 @@ def ui_command(tracking_uri: str, host: str, port: int) -> list[str]:
 def _ui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.platform.tracking import absolute_tracking_uri, default_tracking_uri, redact_uri
 
     if not 0 < args.port < 65536:

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from celltune.data_prep.errors import UserInputError
-from celltune.trainables.yaml_files import describe_validation_error, load_yaml_text, read_yaml
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.yaml_files import describe_validation_error, load_yaml_text, read_yaml, set_dotted_keys
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -31,17 +31,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 
 def apply_overrides(tree: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Set dotted keys from ``key=value`` strings (see :func:`parse_overrides`)."""
-    result = _deep_copy(tree)
-    for key, value in parse_overrides(overrides).items():
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserInputError(f"--set {key}={value!r}: {part} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
-    return result
+    return set_dotted_keys(tree, parse_overrides(overrides), source="--set")
 
 
 def validate(model: type[Model], tree: dict[str, Any], source: str) -> Model:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError, default_permissions
 from celltune.data_prep.tiff_io import check_labels, decode_tiff, read_bytes
 from celltune.data_prep.tracks import check_against_masks, parse_man_track
-from celltune.platform.atomic_files import default_permissions
 from celltune.platform.cell_tracker import TrackingResult
 
 logger = logging.getLogger(__name__)

@@ -101,9 +101,9 @@ def search_demo(paths: DemoPaths, address: str | None = None, show_progress: boo
 
 def score_holdout(paths: DemoPaths, result, address: str | None = None, show_progress: bool = True):
     """Predict the held-out sequence with the registered model, score it, log the scores to its version."""
-    from celltune.platform.cli_evaluate import evaluate_model, log_evaluation
+    from celltune.platform.model_evaluation import evaluate_model, log_evaluation
     from celltune.platform.model_registry import load_model
-    from celltune.platform.predict import PredictOptions
+    from celltune.platform.predict_options import PredictOptions
 
     loaded = load_model(f"models:/{result.registered_name}/{result.registered_version}", paths.tracking_uri)
     dataset = DEMO_DATASETS[0]["name"]
@@ -115,8 +115,8 @@ def score_holdout(paths: DemoPaths, result, address: str | None = None, show_pro
 
 
 def _demo(args) -> int:
-    from celltune.platform.cli_search import summary
     from celltune.platform.console import LIBRARIES, LOG_FILE, library_output_to
+    from celltune.platform.search_run import search_summary
 
     started = time.monotonic()
     log_file = args.workdir.resolve() / LOG_FILE
@@ -127,7 +127,7 @@ def _demo(args) -> int:
         print(f"sample data: {len(DEMO_DATASETS)} synthetic datasets in CTC layout, prepared as stores in "
               f"{paths.stores} (`celltune data info {paths.stores}` describes them)", flush=True)
         result = search_demo(paths, address=args.address, show_progress=not args.no_progress)
-        print("\n" + summary(result))
+        print("\n" + search_summary(result))
         if result.registered_version is None:
             print("no trial produced a checkpoint, so nothing was registered")
             return 1

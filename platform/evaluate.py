@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.tracks import parse_man_track
 from celltune.platform.ctc_results import MASK_RE, RES_TRACK_TXT, list_masks
 from celltune.trainables.metrics import REPORT_THRESHOLDS, InstanceScores
@@ -176,7 +176,7 @@ class EvaluationTable:
 
     def write_json(self, path: Path) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (temp file beside it, then rename)."""
-        from celltune.platform.atomic_files import write_atomic
+        from celltune.data_prep.common import write_atomic
 
         return write_atomic(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 

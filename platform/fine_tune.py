@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.config import TrainConfig
 
 INIT_WEIGHTS_FILE = "init_weights.safetensors"
@@ -37,8 +37,8 @@ def load_parent(config: TrainConfig, tracking_uri: str | None) -> ParentWeights 
     if config.init is None:
         return None
     from celltune.platform.model_registry import load_model
+    from celltune.trainables.architectures import build_model
     from celltune.trainables.init_weights import first_mismatch
-    from celltune.trainables.registry import build_model
 
     uri = config.init.model
     loaded = load_model(uri, tracking_uri)
@@ -46,7 +46,7 @@ def load_parent(config: TrainConfig, tracking_uri: str | None) -> ParentWeights 
     mismatch = first_mismatch(build_model(config.model.name, **config.model.options).state_dict(), state)
     if mismatch:
         raise UserInputError(f"--init {uri}: its weights do not fit model {config.model.name!r} {config.model.options}"
-                             f" (the parent is {loaded.description['model'].get('name')!r}): {mismatch}")
+                             f" (the parent is {loaded.card.architecture!r}): {mismatch}")
     ref = loaded.ref
     parent = {"uri": uri, **{key: str(value) for key, value in (("name", ref.name), ("version", ref.version),
                                                                   ("run_id", ref.run_id)) if value is not None}}

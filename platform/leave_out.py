@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.config import InitConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -254,16 +254,15 @@ def run_leave_out(recipe: TrainConfig, dataset: str, *, shots: list[int | None],
 
 def zero_shot_seg(universal: str, recipe: TrainConfig, dataset: str, tracking_uri: str) -> float:
     """SEG of ``universal`` on the left-out dataset's GT validation frames, predicted at the recipe's factor for
-    it (the model never saw it, so its own description has none) with the model's default thresholds."""
+    it (the model never saw it, so its own card has none) with the model's default thresholds."""
     from celltune.platform.model_registry import load_model
     from celltune.search_spaces.postprocess_study import predict_validation, seg_score_for
 
     loaded = load_model(universal, tracking_uri)
-    description = {**loaded.description,
-                   "scale": {**(loaded.description.get("scale") or {}), dataset: recipe.data.scale_for(dataset)}}
+    card = loaded.card.model_copy(update={"scale": {**loaded.card.scale, dataset: recipe.data.scale_for(dataset)}})
     data = recipe.data.restricted_to([dataset]).model_copy(update={"configuration": "gt"})
-    probabilities = predict_validation(loaded.model, description, data)
-    return seg_score_for(probabilities.kind, probabilities.frames[dataset], loaded.postprocess_params(None))
+    probabilities = predict_validation(loaded.model, card, data)
+    return seg_score_for(probabilities.kind, probabilities.frames[dataset], card.postprocess_params(None))
 
 
 def write_curve(report: LeaveOutReport, path: Path) -> Path:

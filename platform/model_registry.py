@@ -12,7 +12,6 @@ The version tags listed in ``TAGS`` let ``celltune models`` show and compare ver
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -23,20 +22,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError, one_line
 from celltune.platform.tracking import default_tracking_uri
+from celltune.trainables.model_card import (
+    BEST_WEIGHTS,
+    CARD_FILE,
+    REGISTERED_WEIGHTS,
+    ModelCard,
+    file_sha256,
+    load_model_folder,
+)
 
 logger = logging.getLogger(__name__)
 
-DESCRIPTION_FILE = "celltune_model.json"
-WEIGHTS_FILE = "weights.safetensors"
-CHECKPOINT_WEIGHTS = ("weights.safetensors", "best_model.safetensors")
 CANDIDATE_ALIAS = "candidate"
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 __all__ = ["ModelRef", "LoadedModel", "resolve_ref", "load_model", "register_checkpoint", "default_tracking_uri",
-           "file_sha256", "key_settings"]
+           "key_settings"]
 
 
 @dataclass(frozen=True)
@@ -53,38 +57,11 @@ class ModelRef:
 
 @dataclass
 class LoadedModel:
-    """A rebuilt network (eval mode, CPU) with the contract it was trained under."""
+    """A rebuilt network (eval mode, CPU) with the card it was trained under."""
 
     model: Any  # torch.nn.Module
-    description: dict[str, Any]
+    card: ModelCard
     ref: ModelRef
-
-    @property
-    def target_kind(self) -> str:
-        return self.description["model"]["target_kind"]
-
-    @property
-    def size_multiple(self) -> int:
-        return int(self.description["model"]["size_multiple"])
-
-    @property
-    def normalization(self) -> str:
-        return self.description.get("normalization", "minmax")
-
-    def postprocess_params(self, dataset: str | None = None) -> dict[str, Any]:
-        """The tuned thresholds of ``dataset`` when the search tuned them, else the model's default ones."""
-        per_dataset = self.description.get("postprocess_per_dataset") or {}
-        if dataset is not None and dataset in per_dataset:
-            return dict(per_dataset[dataset])
-        return dict(self.description.get("postprocess") or {})
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
@@ -103,8 +80,8 @@ def resolve_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
     folder = Path(text).expanduser()
     if not folder.exists():
         raise UserInputError(f"{text}: no such model folder (or give models:/NAME@ALIAS)")
-    if not (folder / DESCRIPTION_FILE).is_file():
-        raise UserInputError(f"{text}: not a celltune model folder (no {DESCRIPTION_FILE})")
+    if not (folder / CARD_FILE).is_file():
+        raise UserInputError(f"{text}: not a celltune model folder (no {CARD_FILE})")
     return ModelRef(uri=text, local_dir=folder.resolve())
 
 
@@ -134,7 +111,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
 
     Raises:
         UserInputError: unknown or malformed URI, missing files, weights whose checksum or tensors do not match
-            the stored description.
+            its card.
     """
     ref = resolve_ref(uri, tracking_uri)
     if ref.local_dir is not None:
@@ -147,50 +124,16 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=scratch,
                                                         tracking_uri=tracking_uri or default_tracking_uri())
         except Exception as exc:  # storage errors come in many types; name the model and the cause
-            raise UserInputError(f"{uri}: cannot download the model's artifacts ({_first_line(exc)})") from None
-        descriptions = sorted(Path(local).rglob(DESCRIPTION_FILE))
-        if not descriptions:
-            raise UserInputError(f"{uri}: the registered artifacts hold no {DESCRIPTION_FILE} "
-                                 "(not a celltune model)")
-        return _load_folder(descriptions[0].parent, ref)
+            raise UserInputError(f"{uri}: cannot download the model's artifacts ({one_line(exc)})") from None
+        cards = sorted(Path(local).rglob(CARD_FILE))
+        if not cards:
+            raise UserInputError(f"{uri}: the registered artifacts hold no {CARD_FILE} (not a celltune model)")
+        return _load_folder(cards[0].parent, ref)
 
 
 def _load_folder(folder: Path, ref: ModelRef) -> LoadedModel:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    from celltune.trainables.registry import model_from_config
-
-    where = ref.uri
-    try:
-        description = json.loads((folder / DESCRIPTION_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"{where}: {DESCRIPTION_FILE} is unreadable ({_first_line(exc)})") from None
-    if not isinstance(description, dict) or "model" not in description:
-        raise UserInputError(f"{where}: {DESCRIPTION_FILE} has no 'model' entry")
-    weights = next((folder / name for name in CHECKPOINT_WEIGHTS if (folder / name).is_file()), None)
-    if weights is None:
-        raise UserInputError(f"{where}: no weights file ({' or '.join(CHECKPOINT_WEIGHTS)})")
-    expected = description.get("weights_sha256")
-    if expected and file_sha256(weights) != expected:
-        raise UserInputError(f"{where}: {weights.name} does not match the checksum in {DESCRIPTION_FILE} "
-                             "(modified or corrupted artifact)")
-    model = model_from_config(description["model"])
-    try:
-        state = load(weights.read_bytes())
-    except (SafetensorError, ValueError) as exc:
-        raise UserInputError(f"{where}: {weights.name} is not a valid safetensors file ({_first_line(exc)})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserInputError(f"{where}: the weights do not fit the stored {description['model'].get('name')!r} "
-                             f"config ({_first_line(exc)})") from None
-    return LoadedModel(model=model.eval(), description=description, ref=ref)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
+    model, card = load_model_folder(folder, where=ref.uri)
+    return LoadedModel(model=model, card=card, ref=ref)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,27 +158,27 @@ def key_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def package_checkpoint(checkpoint_dir: Path, target: Path, *, postprocess_default: Mapping[str, Any],
                        postprocess_per_dataset: Mapping[str, Mapping[str, Any]],
-                       metrics: Mapping[str, float]) -> Path:
-    """Write the two files of a registered model into ``target``: best weights and the completed description."""
-    source = Path(checkpoint_dir)
-    description = json.loads((source / DESCRIPTION_FILE).read_text())
-    weights = next((source / name for name in ("best_model.safetensors", WEIGHTS_FILE) if (source / name).is_file()),
-                   None)
-    if weights is None:
-        raise UserInputError(f"{source}: no best_model.safetensors or {WEIGHTS_FILE} to register")
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, target / WEIGHTS_FILE)
+                       metrics: Mapping[str, float]) -> ModelCard:
+    """Write the two files of a registered model into ``target``: best weights and the completed card."""
     from celltune.platform.tracking import mask_secrets
 
-    description = mask_secrets(description)  # training paths may hold credentials (e.g. a presigned URL)
-    description.update(
-        postprocess=dict(postprocess_default),
-        postprocess_per_dataset={k: dict(v) for k, v in postprocess_per_dataset.items()},
-        validation=dict(metrics),
-        weights_sha256=file_sha256(target / WEIGHTS_FILE),
-    )
-    (target / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
-    return target
+    source = Path(checkpoint_dir)
+    card = ModelCard.read(source)
+    weights = next((source / name for name in (BEST_WEIGHTS, REGISTERED_WEIGHTS) if (source / name).is_file()), None)
+    if weights is None:
+        raise UserInputError(f"{source}: no {BEST_WEIGHTS} or {REGISTERED_WEIGHTS} to register")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, target / REGISTERED_WEIGHTS)
+    masked = mask_secrets(card.model_dump(mode="json"))  # training paths may hold credentials (a presigned URL)
+    card = ModelCard.from_mapping({
+        **masked,
+        "postprocess": dict(postprocess_default),
+        "postprocess_per_dataset": {k: dict(v) for k, v in postprocess_per_dataset.items()},
+        "validation": dict(metrics),
+        "weights_sha256": file_sha256(target / REGISTERED_WEIGHTS),
+    }, str(source))
+    card.write(target)
+    return card
 
 
 def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, tracking_uri: str,
@@ -256,20 +199,19 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     with tempfile.TemporaryDirectory(prefix="celltune-register-") as scratch:
-        folder = package_checkpoint(Path(checkpoint_dir), Path(scratch) / "celltune",
-                                    postprocess_default=postprocess_default,
-                                    postprocess_per_dataset=postprocess_per_dataset, metrics=metrics)
-        description = json.loads((folder / DESCRIPTION_FILE).read_text())
-        example = _input_example(description)
+        folder = Path(scratch) / "celltune"
+        card = package_checkpoint(Path(checkpoint_dir), folder, postprocess_default=postprocess_default,
+                                  postprocess_per_dataset=postprocess_per_dataset, metrics=metrics)
+        example = _input_example(card)
         model_dir = Path(scratch) / "model"
         # save_model + client calls rather than the fluent log_model, which would repoint this process's (and its
         # subprocesses') global tracking and registry URIs.
         mlflow.pyfunc.save_model(str(model_dir), python_model=str(PYFUNC_CODE), artifacts={"celltune": str(folder)},
-                                 signature=_signature(description, example), input_example=example,
+                                 signature=_signature(example), input_example=example,
                                  pip_requirements=_requirements())
         experiment_id = client.get_run(run_id).info.experiment_id
         logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, model_type="celltune",
-                                            params=flatten_params(description.get("train_config", {})))
+                                            params=flatten_params(card.train_config))
         client.log_model_artifacts(logged.model_id, str(model_dir))
         client.finalize_logged_model(logged.model_id, "READY")
     try:
@@ -280,14 +222,14 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
     version_tags = {
         "celltune.seg_mean": str(float(metrics.get("seg_mean", float("nan")))),
         "celltune.metrics": json.dumps({metric_name(k): float(v) for k, v in metrics.items()}, sort_keys=True),
-        "celltune.architecture": str(description["model"].get("name")),
-        "celltune.target_kind": str(description["model"].get("target_kind")),
-        "celltune.postprocess": json.dumps({"default": description["postprocess"],
-                                            "per_dataset": description["postprocess_per_dataset"]}, sort_keys=True),
-        "celltune.normalization": str(description.get("normalization", "minmax")),
-        "celltune.key_settings": json.dumps(key_settings(description.get("train_config", {})), sort_keys=True),
-        **provenance_tags(description.get("train_config") or {}),
-        **_cost_tags(description),
+        "celltune.architecture": card.architecture,
+        "celltune.target_kind": card.target_kind,
+        "celltune.postprocess": json.dumps({"default": card.postprocess, "per_dataset": card.postprocess_per_dataset},
+                                           sort_keys=True),
+        "celltune.normalization": card.normalization,
+        "celltune.key_settings": json.dumps(key_settings(card.train_config), sort_keys=True),
+        **provenance_tags(card.train_config),
+        **_cost_tags(card),
         **dict(tags or {}),
     }
     # Tags go in with the version, so a version never exists without them (a resumed search looks for them).
@@ -298,29 +240,29 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
     return client.get_model_version(name, version.version)
 
 
-def _cost_tags(description: Mapping[str, Any]) -> dict[str, str]:
+def _cost_tags(card: ModelCard) -> dict[str, str]:
     """``celltune.params`` and ``celltune.gmac_512`` (convolution GMac per 512x512 frame), counted on the meta
     device (no weights, no compute); empty, with a log line, for a model that cannot be traced so."""
+    from celltune.trainables.architectures import model_from_config
     from celltune.trainables.complexity import model_cost
-    from celltune.trainables.registry import model_from_config
 
     try:
-        cost = model_cost(model_from_config(description["model"]))
+        cost = model_cost(model_from_config(card.model.registry_config()))
     except Exception as exc:  # a cost is a nicety; never fail a registration over it
-        logger.warning("no cost tags for %s: %s", description["model"].get("name"), exc)
+        logger.warning("no cost tags for %s: %s", card.architecture, exc)
         return {}
     return {"celltune.params": str(int(cost["params"])), "celltune.gmac_512": f"{cost['gmac_512']:.3f}"}
 
 
-def _input_example(description: Mapping[str, Any]):
+def _input_example(card: ModelCard):
     """A small raw frame batch ``(1, H, W)``: what the pyfunc model takes."""
     import numpy as np
 
-    side = max(int(description["model"].get("size_multiple", 16)) * 2, 32)
+    side = max(card.size_multiple * 2, 32)
     return np.random.default_rng(0).integers(0, 255, size=(1, side, side)).astype(np.float32)
 
 
-def _signature(description: Mapping[str, Any], example):
+def _signature(example):
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec

@@ -23,9 +23,9 @@ class CelltunePyfunc(PythonModel):
     def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
         from celltune.data_prep.stats import IntensityStats
         from celltune.trainables.data import normalize
-        from celltune.trainables.inference import activation_for, predict_probabilities
-        from celltune.trainables.postprocess import postprocess
-        from celltune.trainables.temporal_inference import predict_sequence_probabilities
+        from celltune.trainables.inference import activation_for
+        from celltune.trainables.target_kinds import postprocess
+        from celltune.trainables.temporal_inference import predict_frame_probabilities
 
         frames = np.asarray(model_input, dtype=np.float32)
         accumulator = IntensityStats(frames.dtype)
@@ -33,16 +33,15 @@ class CelltunePyfunc(PythonModel):
             accumulator.add(frame)
         stats = accumulator.result()
         loaded = self.loaded
-        thresholds = loaded.postprocess_params((params or {}).get("dataset") or None)
-        images = np.stack([normalize(frame, stats, loaded.normalization) for frame in frames])
-        time_window = int(getattr(loaded.model.spec, "time_window", 1) or 1)
-        common = {"size_multiple": loaded.size_multiple, "activation": activation_for(loaded.target_kind),
-                  "device": "cpu"}
-        if time_window > 1:  # the batch is a sequence: every frame is predicted from its sliding window
-            probabilities = predict_sequence_probabilities(loaded.model, images, time_window=time_window, **common)
-        else:
-            probabilities = predict_probabilities(loaded.model, images, **common)
-        labels = [postprocess(loaded.target_kind, probs, **thresholds).astype(np.int32) for probs in probabilities]
+        dataset = (params or {}).get("dataset") or None
+        thresholds = loaded.card.postprocess_params(dataset)
+        images = np.stack([normalize(frame, stats, loaded.card.normalization) for frame in frames])
+        # a time-window model reads the batch as a sequence: every frame from its sliding window
+        probabilities = predict_frame_probabilities(
+            loaded.model, images, size_multiple=loaded.card.size_multiple, device="cpu",
+            activation=activation_for(loaded.card.target_kind), scale=loaded.card.scale_for(dataset),
+            tta=loaded.card.tta)
+        labels = [postprocess(loaded.card.target_kind, probs, **thresholds).astype(np.int32) for probs in probabilities]
         return np.stack(labels)
 
 

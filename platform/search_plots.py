@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.sampling import DefineByRun, encode_sample
 from celltune.search_spaces.space import ParameterSet
 

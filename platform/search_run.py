@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError, one_line
 from celltune.platform.console import LOG_FILE
 from celltune.platform.fine_tune import load_parent, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
@@ -38,6 +38,7 @@ from celltune.platform.tracking import (
 from celltune.platform.tracking import experiment_id as experiment_id_of
 from celltune.platform.train_run import check_run_name
 from celltune.platform.trials_view import TrialsView
+from celltune.search_spaces.checkpoint_pruning import folder_bytes, format_bytes
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
@@ -161,6 +162,7 @@ class SearchResult:
     thresholds: dict[str, Any] = field(default_factory=dict)
     registered_name: str | None = None
     registered_version: str | None = None
+    disk_bytes: int | None = None  # files under ``path`` at the end (None: remote storage, not measured)
 
 
 def resolve_stores(space: SearchSpace) -> SearchSpace:
@@ -191,6 +193,7 @@ def search_plan(space: SearchSpace, settings: SearchSettings, available: Mapping
         "asha": asha_units(base, space.early_stopping) if space.early_stopping else None,
         "postprocess_study": {"trials": space.postprocess.trials, "parameters": space.postprocess.parameters.keys()}
         if space.postprocess else None,
+        "checkpoints_per_trial": settings.checkpoints_to_keep,
         "storage": experiment_path(settings),
     }
 
@@ -223,8 +226,12 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
                trials: int | None = None, seed: int = 0, tracking_uri: str | None = None,
                experiment: str = DEFAULT_EXPERIMENT, address: str | None = None,
                register_as: str | None = None, max_concurrent: int | None = None,
-               show_progress: bool = True) -> SearchResult:
-    """Run (or with ``resume`` continue) a search, tune thresholds, register the best model."""
+               show_progress: bool = True, checkpoints_to_keep: int = 1) -> SearchResult:
+    """Run (or with ``resume`` continue) a search, tune thresholds, register the best model.
+
+    ``checkpoints_to_keep``: per trial (a resumed search keeps what it started with); checkpoints of trials ASHA
+    stopped early are deleted unless the trial is the best (:mod:`celltune.search_spaces.checkpoint_pruning`).
+    """
     import mlflow
 
     # Trials run in their own folders: a relative sqlite:///mlflow.db would give each its own database.
@@ -237,7 +244,8 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     storage = storage if "://" in str(storage) else str(Path(storage).resolve())
     name = name or default_search_name(space)
     settings = SearchSettings(storage_path=storage, name=name, trials=trials or space.trials, seed=seed,
-                              max_concurrent=max_concurrent, verbose=0)  # TrialsView instead of Tune's boxes
+                              max_concurrent=max_concurrent, checkpoints_to_keep=checkpoints_to_keep,
+                              verbose=0)  # TrialsView instead of Tune's boxes
     if not resume and search_exists(settings):
         raise UserInputError(f"--name: a search named {name!r} already exists under {storage}; "
                              "pass --resume to continue it or choose another name")
@@ -284,6 +292,7 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
         client.set_terminated(parent_run_id, status="FAILED")
         raise
     client.set_terminated(parent_run_id, status="FINISHED")
+    result.disk_bytes = folder_bytes(result.path)
     return result
 
 
@@ -338,7 +347,7 @@ def connect_ray(address: str | None) -> None:
         ensure_ray(address)
     except ConnectionError as exc:
         raise UserInputError(f"--address {address}: cannot connect to a Ray cluster there "
-                             f"({' '.join(str(exc).split())[:200]})") from None
+                             f"({one_line(exc, 200)})") from None
 
 
 def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space: SearchSpace,
@@ -392,12 +401,10 @@ def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         rows.append(TrialRow(trial_id=str(trial_id), status=status, evaluations=evaluations, objective=objective,
                              sample=dict(result.config or {}), checkpoint=checkpoint_of(result),
-                             error=None if result.error is None else _first_line(result.error)))
+                             error=None if result.error is None else one_line(result.error, 500)))
     return sorted(rows, key=lambda row: row.trial_id)
 
 
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:500] or type(exc).__name__
 
 
 def _best_trial(rows: list[TrialRow], space: SearchSpace) -> TrialRow | None:
@@ -471,9 +478,9 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
     parent = client.get_run(result.parent_run_id)
     best = result.best
     loaded = load_model(str(checkpoint_dir))
-    description = loaded.description
-    config = TrainConfig.model_validate(description["train_config"])
-    start = dict(description.get("postprocess") or {})
+    card = loaded.card
+    config = TrainConfig.model_validate(card.train_config)
+    start = dict(card.postprocess)
     if space.postprocess is not None:
         from celltune.search_spaces.postprocess_study import (
             ValidationProbabilities,
@@ -487,21 +494,21 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
         if cache.is_file():
             probabilities = ValidationProbabilities.load(cache)
         else:
-            probabilities = predict_validation(loaded.model, description, config.data, show_progress=show_progress)
+            probabilities = predict_validation(loaded.model, card, config.data, show_progress=show_progress)
             probabilities.save(cache)
-        choice = tune_postprocess(probabilities, space.postprocess.for_target_kind(loaded.target_kind),
+        choice = tune_postprocess(probabilities, space.postprocess.for_target_kind(card.target_kind),
                                   trials=space.postprocess.trials, start_params=start, seed=seed,
                                   show_progress=show_progress)
         default, per_dataset, scores = choice.default, choice.per_dataset, dict(choice.scores)
         _log_threshold_study(RunLogger(result.tracking_uri, result.parent_run_id), choice)
     else:
         default, per_dataset = start, {}
-        scores = {k: v for k, v in (description.get("best") or {}).items() if k.startswith(("seg", "iou"))}
+        scores = {k: v for k, v in card.best.items() if k.startswith(("seg", "iou"))}
     result.scores, result.thresholds = scores, {"default": default, "per_dataset": per_dataset}
     parent_logger = RunLogger(result.tracking_uri, result.parent_run_id)
     parent_logger.log_metrics({f"tuned/{k}": v for k, v in scores.items()}, step=0)
     parent_logger.log_dict(result.thresholds, "search/postprocess_thresholds.json")
-    parent_logger.log_dict(description["train_config"], "search/best_config.yaml")
+    parent_logger.log_dict(card.train_config, "search/best_config.yaml")
 
     registered = parent.data.tags.get(REGISTERED_TAG) or _version_of_search(client, model_name,
                                                                              result.parent_run_id)
@@ -548,3 +555,28 @@ def _log_threshold_study(run: RunLogger, choice) -> None:
             continue
         run.log_figure(axes.figure, f"postprocess/{metric_name(dataset)}_history.png")
         plt.close(axes.figure)
+
+
+def search_summary(result: SearchResult) -> str:
+    """What a user wants after a search: the trials, the winner, the thresholds and where to look."""
+    from celltune.platform.search_plots import trials_table
+    from celltune.platform.tracking import redact_uri
+
+    lines = [f"search {result.name}: {len(result.trials)} trials "
+             f"({sum(t.status == 'completed' for t in result.trials)} completed, "
+             f"{sum(t.status == 'stopped early' for t in result.trials)} stopped early by ASHA, "
+             f"{sum(t.status == 'failed' for t in result.trials)} failed)"]
+    lines.append(trials_table([t.as_row("objective") for t in result.trials]))
+    if result.best is not None:
+        lines.append(f"best trial {result.best.trial_id}: objective {result.best.objective:.4f}")
+    if result.scores:
+        lines.append("validation with tuned thresholds: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(result.scores.items()) if k.startswith("seg")))
+    if result.registered_version:
+        lines.append(f"registered models:/{result.registered_name}/{result.registered_version} "
+                     f"(alias candidate: models:/{result.registered_name}@candidate)")
+    lines.append(f"MLflow parent run {result.parent_run_id} in {redact_uri(result.tracking_uri)}")
+    if result.disk_bytes is not None:
+        lines.append(f"disk: {format_bytes(result.disk_bytes)} in {result.path}")
+    lines.append(f"resume or inspect: {result.path}")
+    return "\n".join(lines)

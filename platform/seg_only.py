@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.evaluate import EvaluationTable, SequenceScores
 
 _SEG_FRAME_RE = re.compile(r"^man_seg_?(\d{3,4})(?:_(\d{3,4}))?\.tif$")  # frame, and slice for 3D slice GT
@@ -50,7 +50,7 @@ def seg_only_sequences(data: Path) -> list:
     Raises:
         UserInputError: no such folder, not a CTC dataset folder, or no sequence with GT SEG frames.
     """
-    from celltune.platform.predict import ctc_dataset_sources
+    from celltune.platform.predict_inputs import ctc_dataset_sources
 
     data = Path(data)
     sources = ctc_dataset_sources(data, "NN/tNNN.tif and NN_GT/SEG")
@@ -68,7 +68,7 @@ def evaluate_seg_only(loaded, data: Path, *, dataset: str | None = None, overrid
 
     Args:
         loaded: a ``LoadedModel``; dataset, overrides, options as in
-            :func:`celltune.platform.cli_evaluate.evaluate_model`.
+            :func:`celltune.platform.model_evaluation.evaluate_model`.
         sources: the sequences, when already found by :func:`seg_only_sequences`.
 
     Raises:
@@ -77,8 +77,8 @@ def evaluate_seg_only(loaded, data: Path, *, dataset: str | None = None, overrid
     """
     from tqdm.auto import tqdm
 
-    from celltune.platform.cli_evaluate import evaluation_settings
-    from celltune.platform.predict import time_window_of
+    from celltune.platform.model_evaluation import evaluation_settings
+    from celltune.trainables.temporal_inference import time_window_of
 
     data = Path(data)
     sources = seg_only_sequences(data) if sources is None else sources
@@ -96,22 +96,17 @@ def evaluate_seg_only(loaded, data: Path, *, dataset: str | None = None, overrid
 
 def _score_sequence(loaded, source, gt: Path, params: Mapping[str, Any], options, bar) -> SequenceScores:
     from celltune.platform.evaluate import read_labels
-    from celltune.platform.predict import (
-        SequenceFrames,
-        check_model_fits,
-        checked_postprocess_params,
-        frame_probabilities,
-        model_scale,
-        sequence_stats,
-    )
+    from celltune.platform.predict_checks import check_model_fits, checked_postprocess_params
+    from celltune.platform.predict_inputs import SequenceFrames
+    from celltune.platform.predict_one import frame_probabilities, sequence_stats
     from celltune.trainables.data import normalize
     from celltune.trainables.metrics import InstanceScores, seg_counts, seg_score
-    from celltune.trainables.postprocess import postprocess
+    from celltune.trainables.target_kinds import postprocess
 
-    description = loaded.description
-    kind = description["model"]["target_kind"]
+    card = loaded.card
+    kind = card.target_kind
     params = checked_postprocess_params(kind, params)
-    scale = options.scale if options.scale is not None else model_scale(description)
+    scale = options.scale if options.scale is not None else card.scale_for()
     frames = SequenceFrames(source)
     index = {int(m.group(1)): i for i, path in enumerate(source.frames) if (m := _RAW_FRAME_RE.match(path.name))}
     stats = sequence_stats(frames)
@@ -127,9 +122,9 @@ def _score_sequence(loaded, source, gt: Path, params: Mapping[str, Any], options
         if missing:
             raise UserInputError(f"{by_frame[missing[0]][0].path}: no raw frame t{missing[0]:03d}.tif in {source.path}")
         raw = [frames.read(index[t]) for t in batch]
-        check_model_fits(description, raw[0].ndim, source.where, loaded.ref.uri)
-        images = [normalize(frame, stats, description.get("normalization", "minmax")) for frame in raw]
-        for t, probabilities in zip(batch, frame_probabilities(loaded.model, description, images, scale=scale,
+        check_model_fits(card, raw[0].ndim, source.where, loaded.ref.uri)
+        images = [normalize(frame, stats, card.normalization) for frame in raw]
+        for t, probabilities in zip(batch, frame_probabilities(loaded.model, card, images, scale=scale,
                                                                options=options), strict=True):
             labels = postprocess(kind, probabilities, **params)
             for annotation in by_frame[t]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError, write_atomic
 from celltune.platform.console import run_folder_made
 from celltune.platform.fine_tune import load_parent, parent_config, provenance_tags, with_parent_weights
 from celltune.platform.mlflow_observer import MlflowObserver
@@ -99,7 +99,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         run_folder.mkdir(parents=True)
         run_folder_made()
-        _write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": redact_uri(tracking_uri)}))
+        write_atomic(link_file, json.dumps({"mlflow_run_id": run_id, "tracking_uri": redact_uri(tracking_uri)}))
     config = with_parent_weights(config, parent, run_folder)
 
     observer = MlflowObserver(RunLogger(tracking_uri, run_id))
@@ -162,14 +162,14 @@ def _log_checkpoint(client, run_id: str, checkpoint_dir: Path) -> None:
     import tempfile
 
     from celltune.platform.tracking import mask_secrets
-    from celltune.trainables.train_loop import CONFIG_FILE
+    from celltune.trainables.model_card import CARD_FILE
 
     with tempfile.TemporaryDirectory(prefix="celltune-checkpoint-") as scratch:
         copy = Path(scratch) / "checkpoint"
         shutil.copytree(checkpoint_dir, copy)
-        card = copy / CONFIG_FILE
-        if card.is_file():
-            card.write_text(json.dumps(mask_secrets(json.loads(card.read_text())), indent=2))
+        card = copy / CARD_FILE
+        if card.is_file():  # masked as JSON: logging a checkpoint never fails over what its card holds
+            write_atomic(card, json.dumps(mask_secrets(json.loads(card.read_text())), indent=2))
         client.log_artifacts(run_id, str(copy), "checkpoint")
 
 
@@ -203,8 +203,3 @@ def _fit(config: TrainConfig, storage_path: Path, name: str, observer, *, local:
                            show_progress=show_progress)
     return dict(result.metrics or {}), Path(result.checkpoint.path) if result.checkpoint else None
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(text)
-    scratch.replace(path)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
-from celltune.platform.atomic_files import write_atomic
+from celltune.data_prep.common import UserInputError, write_atomic
+from celltune.trainables.model_card import ModelCard
 
 ARTIFACT_DIR = "transfer"
 WRITERS = (".csv", ".json")
@@ -89,10 +89,9 @@ def check_output(path: Path | None) -> None:
         raise UserInputError(f"--out {path}: folder {path.parent} does not exist")
 
 
-def trained_datasets(description: Mapping[str, Any]) -> set[str]:
+def trained_datasets(card: ModelCard) -> set[str]:
     """Names of the datasets (store folder names without ``.zarr``) a model was trained on."""
-    stores = ((description.get("train_config") or {}).get("data") or {}).get("stores") or []
-    return {Path(str(store)).name.removesuffix(".zarr") for store in stores}
+    return {Path(store).name.removesuffix(".zarr") for store in card.training_stores}
 
 
 def dataset_sources(datasets: Sequence[Path]) -> dict[str, tuple[Path, list]]:
@@ -129,7 +128,7 @@ def transfer_report(models: Mapping[str, Any], datasets: Mapping[str, tuple[Path
 
     scores: dict[tuple[str, str], TransferScore] = {}
     for label, loaded in models.items():
-        seen = trained_datasets(loaded.description)
+        seen = trained_datasets(loaded.card)
         for name, (data, sources) in datasets.items():
             table = evaluate_seg_only(loaded, data, overrides=overrides, options=options, sources=sources,
                                       show_progress=show_progress)

@@ -6,10 +6,10 @@ network's outputs, so the best checkpoint predicts every validation frame once (
 the maps are cached (:meth:`ValidationProbabilities.save`), and a cheap seeded Optuna TPE study per dataset
 (:func:`tune_postprocess`) searches the space's ``postprocess`` parameters for the highest CTC SEG::
 
-    probabilities = predict_validation(model, description, config.data)
+    probabilities = predict_validation(model, card, config.data)
     parameters = space.postprocess.for_target_kind(probabilities.kind)
     choice = tune_postprocess(probabilities, parameters, trials=space.postprocess.trials,
-                              start_params=description["postprocess"], seed=0)
+                              start_params=card.postprocess, seed=0)
     choice.per_dataset["DIC-C2DH-HeLa"], choice.default, choice.scores["seg_mean"]
 
 The starting thresholds are the first trial of every study and stay a candidate, so the tuned SEG is never
@@ -37,12 +37,13 @@ import optuna
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.sampling import DefineByRun, encoded_choices
 from celltune.search_spaces.space import Parameter, ParameterSet, same_value
 from celltune.trainables.config import DataConfig
 from celltune.trainables.metrics import seg_counts, seg_score
-from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
+from celltune.trainables.model_card import ModelCard
+from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS, postprocess, target_kind
 from celltune.trainables.yaml_files import describe_validation_error
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 Frame = tuple[np.ndarray, np.ndarray]  # (probabilities (C, H, W) or (C, Z, Y, X), reference labels)
 FILE_FORMAT = 1
-_CHANNELS = {"tertiary": 3, "mask_marker": 2, "binary": 2}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,9 +73,7 @@ class ValidationProbabilities:
     frames: dict[str, list[Frame]]
 
     def __post_init__(self) -> None:
-        if self.kind not in _CHANNELS:
-            raise UserInputError(f"target kind {self.kind!r} is unknown; expected one of {', '.join(_CHANNELS)}")
-        channels = _CHANNELS[self.kind]
+        channels = target_kind(self.kind).channels
         for name, frames in self.frames.items():
             for index, (probs, labels) in enumerate(frames):
                 where = f"validation probabilities {name}[{index}]"
@@ -131,44 +129,42 @@ class ValidationProbabilities:
         return cls(kind, frames)
 
 
-def predict_validation(model: nn.Module, model_description: Mapping[str, Any], data_config: DataConfig, *,
-                       device: str = "cpu", dtype: type[np.floating] = np.float16,
+def predict_validation(model: nn.Module, card: ModelCard, data_config: DataConfig, *,
+                       device: str = "cpu", dtype: type[np.floating] = np.float16, tta: bool = False,
                        show_progress: bool = False) -> ValidationProbabilities:
     """Probabilities of every validation frame (or 3D slice) of every dataset, predicted whole as in validation.
 
-    Frames are normalized the way the model was trained (its description's ``normalization`` wins over
+    Frames are normalized the way the model was trained (its card's ``normalization`` wins over
     ``data_config``'s) and predicted full-frame with the model's output activation, like the training loop's
     ``evaluate``.
 
     Args:
         model: the trained network.
-        model_description: the checkpoint's ``celltune_model.json`` dict; uses ``model.target_kind``,
-            ``model.size_multiple`` and ``normalization``.
+        card: the model's card (target kind, size multiple, normalization, scale per dataset).
         data_config: the stores and split configuration whose validation frames are predicted.
         device: where the model runs.
         dtype: stored probability dtype. float16 (default) halves the cache; it can only change pixels whose
             class scores lie within float16 rounding (about 5e-4) of each other.
+        tta: average over the eight flips and quarter turns (:mod:`celltune.trainables.tta`).
         show_progress: show a tqdm bar over frames.
 
     Raises:
-        UserInputError: the description lacks the model facts, or bad stores / device.
+        UserInputError: bad stores or device.
     """
     from celltune.trainables.data import load_validation_frames
-    from celltune.trainables.inference import activation_for, predict_probabilities
-    from celltune.trainables.temporal_inference import predict_window_probabilities
+    from celltune.trainables.inference import activation_for
+    from celltune.trainables.temporal_inference import predict_frame_probabilities, time_window_of
 
-    kind, size_multiple = _model_facts(model_description)
-    normalization = model_description.get("normalization")
-    if normalization is not None and normalization != data_config.normalization:
+    kind, size_multiple, normalization = card.target_kind, card.size_multiple, card.normalization
+    if normalization != data_config.normalization:
         logger.info("normalizing validation frames with %s as the model was trained (data config says %s)",
                     normalization, data_config.normalization)
         try:
             data_config = DataConfig.model_validate({**data_config.model_dump(), "normalization": normalization})
         except ValidationError as exc:
-            raise UserInputError(f"model description: {describe_validation_error(exc)}") from None
-    time_window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
-    validation = load_validation_frames(data_config, time_window=time_window)
-    scales = model_description.get("scale") or {}  # the factors the model was trained at, per dataset
+            raise UserInputError(f"model card: {describe_validation_error(exc)}") from None
+    validation = load_validation_frames(data_config, time_window=time_window_of(model))
+    scales = card.scale  # the factors the model was trained at, per dataset
     activation = activation_for(kind)
     frames: dict[str, list[Frame]] = {}
     total = sum(len(items) for items in validation.values())
@@ -177,25 +173,13 @@ def predict_validation(model: nn.Module, model_description: Mapping[str, Any], d
         for name, items in validation.items():
             frames[name] = []
             for frame in items:
-                predict, images = ((predict_window_probabilities, frame.window) if frame.window is not None
-                                   else (predict_probabilities, frame.image))  # time-window models get windows
-                scale = {"scale": scales.get(name, 1.0)} if frame.window is None else {}
-                probs = predict(model, images, size_multiple=size_multiple, activation=activation, device=device,
-                                **scale)[0]
+                previous = None if frame.window is None else frame.window[:-1]  # time-window models get windows
+                probs = predict_frame_probabilities(model, frame.image, previous=previous,
+                                                    scale=scales.get(name, 1.0), size_multiple=size_multiple,
+                                                    activation=activation, device=device, tta=tta)[0]
                 frames[name].append((probs.astype(dtype, copy=False), np.asarray(frame.labels)))
                 bar.update()
     return ValidationProbabilities(kind, frames)
-
-
-def _model_facts(description: Mapping[str, Any]) -> tuple[str, int]:
-    model = description.get("model")
-    if not isinstance(model, Mapping) or "target_kind" not in model or "size_multiple" not in model:
-        raise UserInputError("model description: 'model' must hold target_kind and size_multiple "
-                             "(the checkpoint's celltune_model.json)")
-    size_multiple = model["size_multiple"]
-    if isinstance(size_multiple, bool) or not isinstance(size_multiple, int) or size_multiple < 1:
-        raise UserInputError(f"model description: model.size_multiple={size_multiple!r} must be a positive integer")
-    return str(model["target_kind"]), size_multiple
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,7 +229,7 @@ def tune_postprocess(probabilities: ValidationProbabilities, parameters: Paramet
         probabilities: cached validation maps (datasets without frames are skipped with a warning).
         parameters: the tuned parameters, e.g. ``space.postprocess.for_target_kind(probabilities.kind)``.
         trials: trials per dataset, the first being the starting thresholds.
-        start_params: the thresholds the model was trained and validated with (the checkpoint description's
+        start_params: the thresholds the model was trained and validated with (the model card's
             ``postprocess``); missing ones take the defaults. Parameters not tuned keep these values.
         seed: the samplers' seed; the same seed and inputs give the same choice.
         show_progress: show a tqdm bar over all trials.

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.space import (
     Parameter,
     ParameterSet,
@@ -40,6 +40,7 @@ from celltune.search_spaces.space import (
     same_value,
 )
 from celltune.trainables.config import TrainConfig
+from celltune.trainables.yaml_files import set_dotted_keys
 
 if TYPE_CHECKING:
     import optuna
@@ -202,30 +203,6 @@ def _encode_value(param: Parameter, value: Any, where: str) -> Any:
     return min(max(float(value), low), high)
 
 
-def apply_values(tree: Mapping[str, Any], values: Mapping[str, Any], *, source: str = "sampled config"
-                 ) -> dict[str, Any]:
-    """A deep copy of ``tree`` with each dotted key set; shallower keys first, so a section can be replaced.
-
-    Missing sections on the way are created (``loss.options.j_weight`` on a tree without ``loss.options``).
-
-    Raises:
-        UserInputError: a key runs through a value that is not a section.
-    """
-    result = copy.deepcopy(dict(tree))
-    prefix = f"{source}: " if source else ""
-    for key, value in sorted(values.items(), key=lambda item: item[0].count(".")):
-        parts = key.split(".")
-        node = result
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserInputError(f"{prefix}{'.'.join(parts[:i + 1])} is a value ({child!r}), not a section, "
-                                     f"so {key} cannot be set")
-            node = child
-        node[parts[-1]] = copy.deepcopy(value)
-    return result
-
-
 def apply_sample(base: Mapping[str, Any] | TrainConfig, sample: Mapping[str, Any], *,
                  source: str = "sampled config") -> TrainConfig:
     """The training config of one trial: ``sample`` (dotted keys) applied onto ``base``, validated.
@@ -240,6 +217,6 @@ def apply_sample(base: Mapping[str, Any] | TrainConfig, sample: Mapping[str, Any
     """
     tree = base.model_dump(mode="json") if isinstance(base, TrainConfig) else base
     try:
-        return TrainConfig.model_validate(apply_values(tree, sample, source=source))
+        return TrainConfig.model_validate(set_dotted_keys(tree, sample, source=source))
     except ValidationError as exc:
         raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None

@@ -70,9 +70,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from celltune.data_prep.errors import UserInputError, did_you_mean
+from celltune.data_prep.common import UserInputError, did_you_mean
 from celltune.trainables.config import TrainConfig
-from celltune.trainables.yaml_files import describe_validation_error, read_yaml
+from celltune.trainables.yaml_files import describe_validation_error, read_yaml, set_dotted_keys
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ class PostprocessStudy:
 
     def for_target_kind(self, target_kind: str) -> ParameterSet:
         """The parameters that the post-processing of ``target_kind`` models accepts."""
-        from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
+        from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS
 
         accepted = set(DEFAULT_POSTPROCESS_PARAMS.get(target_kind, {}))
         return self.parameters.subset({k for k in self.parameters.keys() if k in accepted})
@@ -451,11 +451,10 @@ def load_space(
         post = PostprocessStudy(spec.postprocess.trials,
                                 ParameterSet.build(spec.postprocess.parameters, f"{source}: postprocess.parameters"))
 
-    from celltune.search_spaces.sampling import apply_values  # sampling imports this module
 
     tree = _base_tree(spec, path, base)
     if overrides:
-        tree = apply_values(tree, overrides, source=f"{source}: overrides")
+        tree = set_dotted_keys(tree, overrides, source=f"{source}: overrides")
     if stores_dir is not None:
         tree = _fill_stores(tree, Path(stores_dir))
     try:
@@ -607,10 +606,9 @@ class _SpaceChecker:
         return assignments
 
     def _check(self, values: dict[str, Any], label: str) -> None:
-        from celltune.search_spaces.sampling import apply_values
 
         try:
-            tree = apply_values(self.tree, values, source="")
+            tree = set_dotted_keys(self.tree, values, source="")
             config = TrainConfig.model_validate(tree)
         except ValidationError as exc:
             raise UserInputError(f"{self.source}: {label}: {describe_validation_error(exc)}") from None
@@ -632,7 +630,7 @@ def _describe(values: Mapping[str, Any]) -> str:
 
 
 def _check_postprocess_study(source: str, study: PostprocessStudy, kinds: tuple[str, ...]) -> None:
-    from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
+    from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS
 
     accepted = sorted({name for kind in kinds for name in DEFAULT_POSTPROCESS_PARAMS[kind]})
     for key, _ in study.parameters:

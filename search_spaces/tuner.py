@@ -10,7 +10,10 @@ Each trial is one training run of :mod:`celltune.trainables.train_loop`:
 
 One ASHA "time unit" is one evaluation (``training.eval_every`` epochs), so ``max_t`` is the number of
 evaluations of a full trial. The searcher state, finished trials and trial checkpoints live in
-``<storage>/<name>``; :func:`run_search` with ``resume=True`` continues from there.
+``<storage>/<name>``; :func:`run_search` with ``resume=True`` continues from there. Each trial keeps
+``checkpoints_to_keep`` checkpoints (its latest alone holds its best weights and everything a resume needs), and
+under ASHA a :class:`~celltune.search_spaces.checkpoint_pruning.CheckpointPruner` deletes those of stopped trials
+that are not among the ``keep_best`` best.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.sampling import apply_sample, define_by_run, encode_sample
 from celltune.search_spaces.space import SearchSpace
 from celltune.trainables.config import TrainConfig
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 DRIVER_CPU = 0.01  # a multi-worker trial's function only waits on its Train workers
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # what Train's TuneReportCallback adds to a multi-worker trial's metrics
+TRAIN_RUNS = "train-runs"  # <storage>/<name>/train-runs/<trial_id>: a multi-worker trial's Train run
 
 
 class TrialHooks(Protocol):
@@ -56,6 +60,13 @@ class SearchSettings:
     sampler: Literal["tpe", "random"] = "tpe"  # random: the baseline TPE is measured against
     early_stopping: bool = True  # False: every trial runs all its epochs, whatever the space says
     n_startup_trials: int | None = None  # TPE's random start; None: a quarter of the trials, 2 to 10
+    checkpoints_to_keep: int = 1  # per trial, Tune's and a multi-worker trial's Train run's: the latest suffices
+    keep_best: int = 1  # trials stopped early by ASHA that keep their checkpoints when among the best
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoints_to_keep", "keep_best"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
 
 
 def trial_resources(config: TrainConfig) -> dict[str, float]:
@@ -102,8 +113,9 @@ def asha_units(config: TrainConfig, early_stopping) -> dict[str, Any]:
 
 
 def run_trial(sample: dict[str, Any], *, base_tree: dict[str, Any], hooks: TrialHooks | None,
-              storage_path: str, search_name: str) -> None:
-    """The Tune function trainable: one training run of the sampled config."""
+              storage_path: str, search_name: str, checkpoints_to_keep: int = 1) -> None:
+    """The Tune function trainable: one training run of the sampled config (``checkpoints_to_keep``: of a
+    multi-worker trial's Train run; Tune keeps a single-worker trial's per the Tuner's ``CheckpointConfig``)."""
     import ray.tune
 
     context = ray.tune.get_context()
@@ -112,7 +124,7 @@ def run_trial(sample: dict[str, Any], *, base_tree: dict[str, Any], hooks: Trial
     observer = hooks.observer_for(trial_id, context.get_trial_name(), sample, config) if hooks else None
     if config.resources.num_workers > 1:
         _run_multi_worker_trial(config, observer, storage_path=storage_path, search_name=search_name,
-                                trial_id=trial_id)
+                                trial_id=trial_id, checkpoints_to_keep=checkpoints_to_keep)
     else:
         _run_single_worker_trial(config, observer)
 
@@ -146,14 +158,14 @@ def _run_single_worker_trial(config: TrainConfig, observer: TrainingObserver | N
 
 
 def _run_multi_worker_trial(config: TrainConfig, observer: TrainingObserver | None, *, storage_path: str,
-                            search_name: str, trial_id: str) -> None:
+                            search_name: str, trial_id: str, checkpoints_to_keep: int) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from celltune.trainables.ray_train import fit
 
     # A stable Train run per trial: a restarted trial resumes Train from that run's checkpoints.
-    fit(config, storage_path=_join(storage_path, search_name, "train-runs"), name=trial_id, observer=observer,
-        callbacks=[TuneReportCallback()])
+    fit(config, storage_path=_join(storage_path, search_name, TRAIN_RUNS), name=trial_id, observer=observer,
+        callbacks=[TuneReportCallback()], checkpoints_to_keep=checkpoints_to_keep)
 
 
 def _join(base: str, *parts: str) -> str:
@@ -182,16 +194,30 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from celltune.search_spaces.checkpoint_pruning import CheckpointPruner
+
     base = space.base_config()
     objective = space.objective
-    trainable = tune.with_parameters(run_trial, base_tree=space.base_tree, hooks=hooks,
-                                     storage_path=settings.storage_path, search_name=settings.name)
-    trainable = tune.with_resources(trainable, trial_resources(base))
+
+    def trainable_keeping(checkpoints_to_keep: int):
+        trainable = tune.with_parameters(run_trial, base_tree=space.base_tree, hooks=hooks,
+                                         storage_path=settings.storage_path, search_name=settings.name,
+                                         checkpoints_to_keep=checkpoints_to_keep)
+        return tune.with_resources(trainable, trial_resources(base))
+
+    trainable = trainable_keeping(settings.checkpoints_to_keep)
     if resume:
         if not search_exists(settings):
             raise UserInputError(f"--resume: no search named {settings.name!r} under {settings.storage_path}")
-        return tune.Tuner.restore(experiment_path(settings), trainable, resume_unfinished=True,
-                                  restart_errored=True)
+        # Tune restores its callbacks (the pruner among them) and CheckpointConfig; the Train runs of multi-worker
+        # trials keep what the search started with too.
+        tuner = tune.Tuner.restore(experiment_path(settings), trainable, resume_unfinished=True,
+                                   restart_errored=True)
+        kept = _restored_checkpoints_to_keep(tuner)
+        if kept is not None and kept != settings.checkpoints_to_keep:
+            tuner = tune.Tuner.restore(experiment_path(settings), trainable_keeping(kept), resume_unfinished=True,
+                                       restart_errored=True)
+        return tuner
     if search_exists(settings):
         raise UserInputError(f"--name: a search named {settings.name!r} already exists under "
                              f"{settings.storage_path}; pass --resume to continue it or choose another name")
@@ -215,9 +241,14 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
                        available.get("GPU", 0.0), trial_footprint(base)["GPU"])
     searcher = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
     max_t = evaluations_per_trial(base)
+    callbacks = list(callbacks)
     if space.early_stopping is not None and settings.early_stopping:
         scheduler = ASHAScheduler(**asha_units(base, space.early_stopping),
                                   reduction_factor=space.early_stopping.reduction_factor)
+        budget_s = base.training.max_minutes * 60 if base.training.max_minutes else None
+        callbacks.append(CheckpointPruner(storage_path=settings.storage_path, search_name=settings.name,
+                                          metric=objective.metric, mode=objective.mode, full_evaluations=max_t,
+                                          budget_s=budget_s, keep_best=settings.keep_best))
     else:
         scheduler = FIFOScheduler()
     budget = f", {base.training.max_minutes:g} min each" if base.training.max_minutes else ""
@@ -232,22 +263,38 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
             storage_path=settings.storage_path if "://" in settings.storage_path
             else str(Path(settings.storage_path).resolve()),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.checkpoints_to_keep),
+            callbacks=callbacks,
             stop=stop,
             verbose=settings.verbose,
         ),
     )
 
 
+def _restored_checkpoints_to_keep(tuner) -> int | None:
+    """The ``num_to_keep`` a restored search started with (None where Ray does not say: a Ray Client tuner)."""
+    local = getattr(tuner, "_local_tuner", None)  # Ray keeps the restored RunConfig there; no public accessor
+    try:
+        checkpoint_config = local.get_run_config().checkpoint_config if local is not None else None
+    except AttributeError:
+        return None
+    kept = getattr(checkpoint_config, "num_to_keep", None)
+    return kept if isinstance(kept, int) and kept >= 1 else None
+
+
 def checkpoint_of(result):
     """A trial's latest checkpoint (Tune's own, or the Train run's for multi-worker trials) on its storage
-    filesystem, local or remote; ``.to_directory()`` brings it to local disk."""
-    if result.checkpoint is not None:
-        return result.checkpoint
-    path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
-    if not path:
-        return None
+    filesystem, local or remote; ``.to_directory()`` brings it to local disk. None when the trial has none, or
+    its local checkpoint was deleted (a stopped trial's, by the checkpoint pruner)."""
+    from pyarrow import fs
     from ray.tune import Checkpoint
 
-    return Checkpoint(path=path, filesystem=result.filesystem)
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        path = (result.metrics or {}).get(CHECKPOINT_PATH_KEY)
+        if not path:
+            return None
+        checkpoint = Checkpoint(path=path, filesystem=result.filesystem)
+    if isinstance(checkpoint.filesystem, fs.LocalFileSystem) and not Path(checkpoint.path).is_dir():
+        return None
+    return checkpoint

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import ModelSpec
 from celltune.trainables.config import TrainConfig
-from celltune.trainables.registry import ModelSpec
 
 
 def check_model_and_loss(config: TrainConfig) -> ModelSpec:
@@ -22,8 +22,8 @@ def check_model_and_loss(config: TrainConfig) -> ModelSpec:
             model's post-processing does not have, a crop that is not a multiple of the model's size multiple,
             or ``mix`` with several crop sizes.
     """
-    from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-    from celltune.trainables.registry import unknown_name
+    from celltune.trainables.architectures import unknown_name
+    from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS
 
     spec = _model_spec(json.dumps([config.model.name, config.model.options], sort_keys=True, default=str))
     if "margin" in config.loss.options:
@@ -51,7 +51,7 @@ def check_model_and_loss(config: TrainConfig) -> ModelSpec:
 @lru_cache(maxsize=256)
 def _model_spec(key: str) -> ModelSpec:
     """Building on the meta device checks every option value; cached since spaces check many combinations."""
-    from celltune.trainables.registry import validate_model
+    from celltune.trainables.architectures import validate_model
 
     name, options = json.loads(key)
     return validate_model(name, **options)

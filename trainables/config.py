@@ -121,8 +121,20 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    name: Literal["ce", "ce_j", "edge_bce", "freq_ce", "weight_map_ce"] = "ce"
+    """A loss by its registered name (:mod:`celltune.trainables.losses`); a new loss needs no edit here."""
+
+    name: str = "ce"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from celltune.trainables.losses import list_losses  # the loss modules import torch: only when validating
+        from celltune.trainables.losses.loss_registry import unknown_loss_message
+
+        if name not in list_losses():
+            raise ValueError(unknown_loss_message(name))
+        return name
 
 
 class OptimizerConfig(_Strict):

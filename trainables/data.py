@@ -28,7 +28,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from celltune.data_prep import store_format
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.index import frames_for, load_index
 from celltune.data_prep.reader import SequenceReader
 from celltune.data_prep.targets import TERTIARY_BOUNDARY
@@ -37,6 +37,7 @@ from celltune.trainables.augment import Warp, add_noise, apply_warp, sample_warp
 from celltune.trainables.config import AugmentConfig, DataConfig
 from celltune.trainables.losses import edge_distance_weights
 from celltune.trainables.schemes import POOLED
+from celltune.trainables.target_kinds import TARGET_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -342,19 +343,17 @@ class RandomCrops(IterableDataset):
         return normalize(np.stack([crops[t] for t in times]), reader.stats, self.normalization)[:, None]
 
     def _targets(self, reader: SequenceReader, frame: FrameRef, window: tuple[int, int, int]) -> dict[str, np.ndarray]:
-        """Target arrays of the crop; ``labels`` (mask_marker with weights) becomes the weight map after warping."""
-        source = frame.source
-        if self.target_kind == "tertiary":
-            return {"target": _padded_crop(reader, f"{source}/tertiary", frame, *window).astype(np.int64)}
-        if self.target_kind == "binary":
-            out = {"target": _padded_crop(reader, f"{source}/fg", frame, *window).astype(np.int64)}
-            if self.weights:
-                out["weight"] = _padded_crop(reader, f"{source}/weight", frame, *window).astype(np.float32)
-            return out
-        mask = _padded_crop(reader, f"{source}/mask", frame, *window)
-        marker = _padded_crop(reader, f"{source}/marker", frame, *window)
-        out = {"target": np.stack([mask, marker]).astype(np.float32)}
-        if self.weights:
+        """Target arrays of the crop, as the target kind stores them: one class map (softmax kinds) or stacked
+        channels (sigmoid kinds); ``labels`` becomes the weight map after warping."""
+        source, kind = frame.source, TARGET_KINDS[self.target_kind]
+        stored = [_padded_crop(reader, f"{source}/{name}", frame, *window) for name in kind.stored_targets]
+        if kind.activation == "softmax":
+            out = {"target": stored[0].astype(np.int64)}
+        else:
+            out = {"target": np.stack(stored).astype(np.float32)}
+        if self.weights and kind.weight_source == "weight":
+            out["weight"] = _padded_crop(reader, f"{source}/weight", frame, *window).astype(np.float32)
+        elif self.weights and kind.weight_source == "labels":
             out["labels"] = _padded_crop(reader, f"{source}_seg", frame, *window)
         return out
 

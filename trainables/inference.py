@@ -1,55 +1,36 @@
 """Full-image inference: class probabilities for whole frames of any size from a fully convolutional model.
 
-Frames are reflection-padded to the model's size multiple; frames larger than ``max_tile`` are cut into
-overlapping tiles whose logits are blended with a window that is zero next to inner tile edges (where a tile
-lacks context) and ramps up smoothly (cosine) across the overlap. Tiles start on multiples of the size
-multiple, so strided/pooled models see the same grid as on the whole image; a model whose receptive-field
-radius is at most ``tile_overlap // 4`` therefore gives the same result tiled and untiled.
-
-Models with unpadded ("valid") convolutions, whose output is ``output_crop`` pixels smaller per side (the
-original U-Net), are predicted by overlap-tile (Ronneberger et al., MICCAI 2015): the frame is mirror-extended,
-tiles overlap by the context the model consumes, and their outputs are put side by side, each output pixel
-taken from exactly one tile. Tiles start on multiples of the size multiple, so the result equals one pass over
-the whole mirror-extended frame.
+One sliding-window engine serves frames ``(N, H, W)`` here and the time windows ``(N, T, H, W)`` of temporal models
+(:mod:`celltune.trainables.temporal_inference`): frames larger than ``max_tile`` are cut into tiles, blended
+(same-padding models) or put side by side (valid-convolution models, overlap-tile), as planned in
+:mod:`celltune.trainables.tiling` (which says when tiled and untiled predictions agree).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from celltune.data_prep.errors import UserInputError
-from celltune.trainables import resample
+from celltune.data_prep.common import UserInputError
+from celltune.trainables import resample, tiling
+from celltune.trainables.target_kinds import Activation
+from celltune.trainables.target_kinds import target_kind as lookup_target_kind
 
 logger = logging.getLogger(__name__)
 
-Activation = Literal["softmax", "sigmoid"]
 _AMP_WARNED: set[str] = set()
-_ACTIVATION_OF_TARGET = {"tertiary": "softmax", "binary": "softmax", "mask_marker": "sigmoid"}
-
-
 def activation_for(target_kind: str) -> Activation:
-    """Output activation of models trained on ``target_kind`` targets.
-
-    Exclusive classes (``"tertiary"``, ``"binary"``) use softmax; the independent mask and marker channels of
-    ``"mask_marker"`` use sigmoid.
+    """Output activation of models trained on ``target_kind`` targets (the kinds' table says which).
 
     Raises:
         UserInputError: unknown target kind.
     """
-    if target_kind not in _ACTIVATION_OF_TARGET:
-        raise UserInputError(
-            f"target_kind={target_kind!r}: unknown; expected one of {', '.join(sorted(_ACTIVATION_OF_TARGET))}"
-        )
-    return _ACTIVATION_OF_TARGET[target_kind]  # type: ignore[return-value]
+    return lookup_target_kind(target_kind).activation
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -155,6 +136,17 @@ def predict_probabilities(
                                               device=device, amp=amp, batch_size=batch_size, max_tile=max_tile,
                                               tile_overlap=tile_overlap, show_progress=show_progress)
         return resample.resize_probabilities(probabilities, (height, width))
+    return _predict_tiled(model, frames, time_axis=False, size_multiple=size_multiple, activation=activation,
+                          device=device, amp=amp, batch_size=batch_size, max_tile=max_tile,
+                          tile_overlap=tile_overlap, show_progress=show_progress)
+
+
+def _predict_tiled(model: nn.Module, stack: np.ndarray, *, time_axis: bool, size_multiple: int,
+                   activation: Activation, device: str | torch.device, amp: bool | None, batch_size: int,
+                   max_tile: int | None, tile_overlap: int, show_progress: bool) -> np.ndarray:
+    """The one sliding-window engine: ``(N, C, H, W)`` probabilities of ``(N, H, W)`` frames, or with ``time_axis``
+    of the last frame of ``(N, T, H, W)`` windows (fed as ``(b, T, 1, h, w)``); options as for
+    :func:`predict_probabilities`."""
     multiple = _positive_int("size_multiple", size_multiple)
     batch_size = _positive_int("batch_size", batch_size)
     if activation not in ("softmax", "sigmoid"):
@@ -163,46 +155,22 @@ def predict_probabilities(
         raise UserInputError(f"tile_overlap={tile_overlap!r}: must be a non-negative integer")
     if max_tile is not None:
         _positive_int("max_tile", max_tile)
-    shrink = int(getattr(model, "output_crop", 0) or 0)
-    count, height, width = frames.shape
-    if shrink:
-        plan_y, plan_x = _valid_plans(model, height, width, multiple=multiple, max_tile=max_tile)
-        pad_mode = "symmetric"
-    else:
-        overlap = math.ceil(tile_overlap / multiple) * multiple
-        tile = None
-        if max_tile is not None:
-            tile = (max_tile // multiple) * multiple
-            if tile == 0 or 2 * overlap > tile:
-                raise UserInputError(
-                    f"max_tile={max_tile}: the tile (rounded down to a multiple of {multiple}: {tile} px) must be "
-                    f"at least twice tile_overlap={tile_overlap} (rounded up to {overlap})"
-                )
-        plan_y = _same_axis_plan(height, multiple, tile, overlap)
-        plan_x = _same_axis_plan(width, multiple, tile, overlap)
-        pad_mode = "reflect"
+    count, height, width = stack.shape[0], *stack.shape[-2:]
+    plan = _tile_plan(model, height, width, multiple=multiple, max_tile=max_tile, tile_overlap=tile_overlap)
     target = resolve_device(device)
     amp_dtype = resolve_amp(target, amp)
 
-    padded = np.pad(frames, ((0, 0), plan_y.pad, plan_x.pad), mode=pad_mode)
-    starts_y, starts_x = plan_y.starts, plan_x.starts
-    tile_h, tile_w = plan_y.tile, plan_x.tile
-    out_h, out_w = tile_h - 2 * shrink, tile_w - 2 * shrink
-    windows = [[np.outer(wy, wx).astype(np.float32) for wx in plan_x.windows] for wy in plan_y.windows]
-    weight_sum = np.zeros((plan_y.canvas, plan_x.canvas), dtype=np.float32)
-    for iy, y0 in enumerate(starts_y):
-        for ix, x0 in enumerate(starts_x):
-            weight_sum[y0 : y0 + out_h, x0 : x0 + out_w] += windows[iy][ix]
-    crop = (plan_y.crop, plan_x.crop)
-    weight_sum = weight_sum[crop]
-    if not (weight_sum > 0).all():
-        raise RuntimeError("internal error: tiling leaves pixels without weight")
-
-    jobs = [(f, iy, ix) for f in range(count) for iy in range(len(starts_y)) for ix in range(len(starts_x))]
-    tiles_per_frame = len(starts_y) * len(starts_x)
-    logger.debug("predicting %d frame(s) as %d tile(s) of %dx%d", count, len(jobs), tile_h, tile_w)
+    starts = plan.starts
+    blend, weight_sum = plan.blending()
+    last = len(starts) - 1
+    jobs = [(n, tile) for n in range(count) for tile in range(len(starts))]  # batches may mix tiles of items
+    logger.debug("predicting %d %s as %d tile(s) of %dx%d", count, "window(s)" if time_axis else "frame(s)",
+                 len(jobs), plan.y.tile, plan.x.tile)
+    # An item (frame or window) is padded when its first tile is batched and dropped after its last, and its
+    # logit accumulator is freed once its last tile is in: padding a whole (N, T, H, W) stack could hold gigabytes.
+    padded: dict[int, np.ndarray] = {}
+    pending: dict[int, np.ndarray] = {}
     result: np.ndarray | None = None
-    pending: dict[int, tuple[np.ndarray, int]] = {}  # frame -> (logit accumulator, tiles still missing)
     autocast = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     was_training = model.training
     model.to(target).eval()
@@ -211,107 +179,46 @@ def predict_probabilities(
                                                     disable=None if show_progress else True) as bar:
             for first in range(0, len(jobs), batch_size):
                 batch = jobs[first : first + batch_size]
-                stack = np.stack(
-                    [
-                        padded[f, starts_y[iy] : starts_y[iy] + tile_h, starts_x[ix] : starts_x[ix] + tile_w]
-                        for f, iy, ix in batch
-                    ]
-                )
-                inputs = torch.from_numpy(stack).unsqueeze(1).to(target)
-                logits = _check_output(model(inputs), inputs.shape, shrink).float().cpu().numpy()
+                for n, _ in batch:
+                    if n not in padded:
+                        padded[n] = plan.pad(stack[n])
+                        # windows are usually a strided view of the sequence: checked window by window, as padded
+                        if time_axis and not np.isfinite(padded[n]).all():
+                            raise UserInputError("windows: contain NaN or infinite values")
+                tiles = np.stack([padded[n][(..., *plan.source(*starts[tile]))] for n, tile in batch])
+                for n, tile in batch:
+                    if tile == last:
+                        del padded[n]
+                inputs = torch.from_numpy(tiles).unsqueeze(-3).to(target)  # (b, 1, h, w) or (b, T, 1, h, w)
+                frame_shape = (inputs.shape[0], *inputs.shape[-3:])
+                logits = _check_output(model(inputs), frame_shape, plan.shrink).float().cpu().numpy()
                 if result is None:
                     result = np.empty((count, logits.shape[1], height, width), dtype=np.float32)
-                for (f, iy, ix), tile_logits in zip(batch, logits, strict=True):
-                    if f not in pending:
-                        canvas = (logits.shape[1], plan_y.canvas, plan_x.canvas)
-                        pending[f] = (np.zeros(canvas, np.float32), tiles_per_frame)
-                    acc, missing = pending[f]
-                    y0, x0 = starts_y[iy], starts_x[ix]
-                    acc[:, y0 : y0 + out_h, x0 : x0 + out_w] += tile_logits * windows[iy][ix]
-                    pending[f] = (acc, missing - 1)
-                    if missing == 1:  # the frame's last tile: finish it and free its accumulator
-                        del pending[f]
-                        result[f] = _activate(acc[(slice(None), *crop)] / weight_sum, activation)
+                for (n, tile), tile_logits in zip(batch, logits, strict=True):
+                    if n not in pending:
+                        pending[n] = np.zeros((logits.shape[1], *plan.canvas), np.float32)
+                    pending[n][(slice(None), *plan.target(*starts[tile]))] += tile_logits * blend[tile]
+                    if tile == last:  # the item's last tile: finish it and free its accumulator
+                        result[n] = _activate(pending.pop(n)[(slice(None), *plan.crop)] / weight_sum, activation)
                 bar.update(len(batch))
     finally:
         model.train(was_training)
     if result is None or pending:
-        raise RuntimeError(f"internal error: {len(pending)} frame(s) left unfinished")
+        raise RuntimeError(f"internal error: {len(pending)} item(s) left unfinished")
     return result
 
 
-@dataclass(frozen=True)
-class _AxisPlan:
-    """How one image axis is padded, cut into tiles and put back together.
-
-    Tile i reads the padded input at ``[starts[i], starts[i] + tile)`` and its output (``tile - 2 * output_crop``
-    long, weighted by ``windows[i]``) lands at ``[starts[i], ...)`` of the output canvas, where the frame is
-    ``crop``.
-    """
-
-    pad: tuple[int, int]
-    starts: list[int]
-    tile: int
-    windows: list[np.ndarray]
-    canvas: int
-    crop: slice
-
-
-def _same_axis_plan(length: int, multiple: int, tile: int | None, overlap: int) -> _AxisPlan:
-    """Reflection padding to the multiple, then blended overlapping tiles (same-size output)."""
-    pad = _pad_amounts(length, multiple)
-    padded = length + sum(pad)
-    starts, windows = _axis_plan(padded, tile, overlap)
-    return _AxisPlan(pad, starts, windows[0].size, windows, padded, slice(pad[0], pad[0] + length))
-
-
-def _valid_plans(model: nn.Module, height: int, width: int, *, multiple: int,
-                 max_tile: int | None) -> tuple[_AxisPlan, _AxisPlan]:
-    """Overlap-tile plans for a model whose output is ``output_crop`` px smaller per side than its input."""
+def _tile_plan(model: nn.Module, height: int, width: int, *, multiple: int, max_tile: int | None,
+               tile_overlap: int) -> tiling.TilePlan:
+    """Overlap-tile for a model whose output is ``output_crop`` px smaller per side, else blended same-size tiles."""
+    shrink = int(getattr(model, "output_crop", 0) or 0)
+    if not shrink:
+        return tiling.same_padding_plan(height, width, multiple=multiple, max_tile=max_tile, tile_overlap=tile_overlap)
     own_multiple = int(getattr(model, "size_multiple", multiple))
     if own_multiple != multiple:
         raise UserInputError(f"size_multiple={multiple}: the valid-convolution model needs its own {own_multiple}")
-    shrink = int(model.output_crop)
-    min_input = int(getattr(model, "min_input_size", 0) or 0)
-    if min_input <= 2 * shrink:
-        raise UserInputError(f"model with output_crop={shrink} needs a min_input_size above {2 * shrink}")
-    largest = None
-    if max_tile is not None:
-        largest = (max_tile - min_input) // multiple * multiple
-        if largest < multiple:
-            raise UserInputError(
-                f"max_tile={max_tile}: tiles of this valid-convolution model need at least {min_input + multiple} px"
-            )
-    return (_valid_axis_plan(height, multiple, min_input, shrink, largest),
-            _valid_axis_plan(width, multiple, min_input, shrink, largest))
-
-
-def _valid_axis_plan(length: int, multiple: int, min_input: int, shrink: int, largest: int | None) -> _AxisPlan:
-    """Overlap-tile along one axis of a frame mirror-padded to the smallest valid input covering it.
-
-    That padded length is ``units * multiple + min_input``; tiles of ``per_tile * multiple + min_input`` px start
-    on multiples of ``multiple`` (the last one flush with the end), so each computes exactly what one pass over
-    the whole padded frame computes there. Neighbouring outputs overlap by at least ``min_output`` px (4 px for
-    the 5-stage U-Net); the 0/1 windows give every output pixel to exactly one tile, so the kept outputs abut.
-    """
-    min_output = min_input - 2 * shrink
-    units = max(0, math.ceil((length - min_output) / multiple))
-    per_tile = units if largest is None else min(units, largest // multiple)
-    count = math.ceil(units / per_tile) if per_tile else 1
-    per_tile = math.ceil(units / count)  # balanced tiles
-    starts = sorted({min(i * per_tile, units - per_tile) * multiple for i in range(count)})
-    canvas = units * multiple + min_output
-    out_len = per_tile * multiple + min_output
-    bounds = [0, *(start + min_output // 2 for start in starts[1:]), canvas]
-    windows = []
-    for index, start in enumerate(starts):
-        window = np.zeros(out_len)
-        window[bounds[index] - start : bounds[index + 1] - start] = 1.0
-        windows.append(window)
-    padded = canvas + 2 * shrink
-    before = (padded - length) // 2
-    return _AxisPlan((before, padded - length - before), starts, per_tile * multiple + min_input, windows, canvas,
-                     slice(before - shrink, before - shrink + length))
+    return tiling.valid_padding_plan(height, width, multiple=multiple, max_tile=max_tile, shrink=shrink,
+                                     min_input=int(getattr(model, "min_input_size", 0) or 0))
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -334,43 +241,7 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-def _pad_amounts(length: int, multiple: int) -> tuple[int, int]:
-    """Split the padding up to the next multiple between both sides, so borders get context on both ends."""
-    total = -length % multiple
-    return total // 2, total - total // 2
-
-
-def _axis_plan(length: int, tile: int | None, overlap: int) -> tuple[list[int], list[np.ndarray]]:
-    """Tile starts along one padded axis and each tile's 1D blending window."""
-    if tile is None or length <= tile:
-        return [0], [np.ones(length)]
-    stride = tile - overlap
-    starts = sorted({min(i * stride, length - tile) for i in range(math.ceil((length - tile) / stride) + 1)})
-    ramp = _edge_ramp(overlap)
-    windows = []
-    for start in starts:
-        window = np.ones(tile)
-        if start > 0:  # an inner edge: this tile lacks context there, the previous tile takes over
-            window[: ramp.size] *= ramp
-        if start + tile < length:
-            window[tile - ramp.size :] *= ramp[::-1]
-        windows.append(window)
-    return starts, windows
-
-
-def _edge_ramp(overlap: int) -> np.ndarray:
-    """Window from an inner tile edge inwards: 0 for overlap//4 px, then a cosine rise to 1 over half the overlap.
-
-    Neighbouring tiles overlap by at least ``overlap`` >= 2 * (overlap // 4) px, so every pixel has a tile
-    with positive weight that is at least overlap // 4 px away from that tile's inner edges.
-    """
-    zeros = overlap // 4
-    rise = overlap - 2 * zeros
-    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(rise) + 0.5) / max(rise, 1))
-    return np.concatenate([np.zeros(zeros), ramp])
-
-
-def _check_output(output: object, input_shape: torch.Size, shrink: int = 0) -> torch.Tensor:
+def _check_output(output: object, input_shape: tuple[int, ...], shrink: int = 0) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise UserInputError(f"model returned {type(output).__name__}; expected a logits tensor (B, C, H, W)")
     expected = tuple(side - 2 * shrink for side in input_shape[2:])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 logger = logging.getLogger(__name__)
 

@@ -2,14 +2,16 @@
 
 Every function takes per-pixel probabilities ``(C, Y, X)`` or ``(C, Z, Y, X)`` as a numpy array (3D is
 labelled with 3D connectivity) and returns sequentially numbered int32 instance labels of the spatial shape.
-Areas are in pixels (voxels in 3D). :data:`DEFAULT_POSTPROCESS_PARAMS` holds generic defaults that the
-hyperparameter search tunes per dataset.
+Areas are in pixels (voxels in 3D). The thresholds' defaults in the signatures are generic, deliberately below the
+paper's HeLa values (500 px objects, 100 px holes at 512x512): 32 px drops speckle but keeps the smallest real CTC
+cells (about 100 px in Fluo-N2DL-HeLa / PSC) and cells cut by the image edge; grow = 0 as in XB-Net; thresholds
+0.5 are the natural sigmoid/softmax cut. The search tunes them per dataset. Which function serves which target
+kind, and the dispatcher ``postprocess``, live in :mod:`celltune.trainables.target_kinds`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,23 +19,9 @@ from scipy import ndimage
 from skimage import morphology, segmentation
 from skimage.feature import peak_local_max
 
-from celltune.data_prep.errors import UserInputError, did_you_mean
+from celltune.data_prep.common import UserInputError
 
 logger = logging.getLogger(__name__)
-
-# Generic defaults, deliberately below the paper's HeLa values (500 px objects, 100 px holes at 512x512):
-# 32 px drops speckle but keeps the smallest real CTC cells (about 100 px in Fluo-N2DL-HeLa / PSC) and
-# cells cut by the image edge. grow = 0 as in XB-Net. Thresholds 0.5 are the natural sigmoid/softmax cut.
-DEFAULT_POSTPROCESS_PARAMS: dict[str, dict[str, Any]] = {
-    "tertiary": {"min_area": 32, "hole_area": 32, "grow": 0},
-    "mask_marker": {"mask_threshold": 0.5, "marker_threshold": 0.5, "min_area": 32},
-    "binary": {"threshold": 0.5, "watershed": False, "min_distance": 5, "min_area": 32, "closing": 0},
-}
-
-
-def _suggest(name: str, allowed: list[str]) -> str:
-    return f" ({suggestion})" if (suggestion := did_you_mean(name, allowed)) else ""
-
 
 def _check_int(kind: str, name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
@@ -293,35 +281,6 @@ def binary_to_instances(
             labels = np.zeros(labels.shape, dtype=np.int32)
             labels[box] = split
     return _finish(labels, min_area)
-
-
-_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
-    "tertiary": tertiary_to_instances,
-    "mask_marker": mask_marker_to_instances,
-    "binary": binary_to_instances,
-}
-
-
-def postprocess(target_kind: str, probs: np.ndarray, **params: Any) -> np.ndarray:
-    """Instances for ``target_kind`` ("tertiary", "mask_marker" or "binary"); unset params use the defaults.
-
-    Raises:
-        UserInputError: unknown target kind or parameter (the message lists the allowed ones) or a bad value.
-    """
-    if target_kind not in _FUNCTIONS:
-        allowed = sorted(_FUNCTIONS)
-        raise UserInputError(
-            f"unknown target kind {target_kind!r}{_suggest(str(target_kind), allowed)}; allowed: {', '.join(allowed)}"
-        )
-    defaults = DEFAULT_POSTPROCESS_PARAMS[target_kind]
-    allowed = sorted(defaults)
-    for name in params:
-        if name not in defaults:
-            raise UserInputError(
-                f"{target_kind} post-processing: unknown parameter {name!r}{_suggest(name, allowed)}; "
-                f"allowed: {', '.join(allowed)}"
-            )
-    return _FUNCTIONS[target_kind](probs, **{**defaults, **params})
 
 
 def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.train_loop import TrainingObserver, WorkerContext, train
 
@@ -74,14 +74,21 @@ def ray_progress_bar(total: int, initial: int, desc: str):
 
 
 def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: TrainingObserver | None = None,
-        max_failures: int = 2, callbacks: list | None = None, show_progress: bool = False):
+        max_failures: int = 2, callbacks: list | None = None, show_progress: bool = False,
+        checkpoints_to_keep: int = 2):
     """Run training on the connected Ray cluster and return Ray's ``Result`` (metrics, checkpoint, path).
 
     ``callbacks`` are Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a Tune trial runs this.
     ``show_progress``: this process draws rank 0's bar and relays its warnings (:mod:`ray_progress`).
+    ``checkpoints_to_keep``: the latest checkpoints kept (each holds the best weights so far too, so one serves
+    both a resume and the best model; a search trial keeps its search's setting, default 1).
     """
+    if checkpoints_to_keep < 1:
+        raise ValueError(f"checkpoints_to_keep: must be at least 1, got {checkpoints_to_keep}")
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from celltune.trainables.loopback_rendezvous import LoopbackTorchConfig
 
     resources = config.resources
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
@@ -96,14 +103,14 @@ def fit(config: TrainConfig, *, storage_path: Path, name: str, observer: Trainin
         _worker_entry,
         train_loop_config={"config": config.model_dump(mode="json"), "observer": observer,
                            "progress": progress.queue if progress else None},
-        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        torch_config=LoopbackTorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
             logging_config=LoggingConfig(log_level="WARNING"),  # keep the console to the progress bar
             callbacks=callbacks or None,
         ),

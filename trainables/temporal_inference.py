@@ -3,35 +3,67 @@
 Frame t is predicted from the window of frames t-T+1..t; before the sequence starts the first frame is repeated,
 as in training. Each window is predicted on its own, so a frame's result does not depend on how the sequence is
 cut into chunks: pass the frames just before a chunk as ``previous`` and it gives what the whole sequence gives.
-Windows are reflection-padded to the size multiple and, when larger than ``max_tile``, cut into the same
-overlapping, blended tiles as :func:`celltune.trainables.inference.predict_probabilities` (the same tile plan,
-every frame of a window cropped alike).
+Windows go through the sliding-window engine of :func:`celltune.trainables.inference.predict_probabilities`
+(the same tile plan, every frame of a window cropped alike). :func:`predict_frame_probabilities` picks the
+window or the frame predictor from the model, for every caller that handles both kinds.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from contextlib import nullcontext
+import functools
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from celltune.data_prep.errors import UserInputError
-from celltune.trainables.inference import (
-    Activation,
-    _activate,
-    _axis_plan,
-    _check_output,
-    _pad_amounts,
-    _positive_int,
-    resolve_amp,
-    resolve_device,
-)
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.inference import Activation, _positive_int, _predict_tiled, predict_probabilities
+from celltune.trainables.tta import DIHEDRAL, with_tta
 
-logger = logging.getLogger(__name__)
+
+def time_window_of(model: nn.Module) -> int:
+    """Frames per input window: ``model.spec.time_window`` of a temporal model, 1 for a frame model (or none)."""
+    return int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
+
+
+def predict_frame_probabilities(model: nn.Module, frames: np.ndarray, *, previous: np.ndarray | None = None,
+                                scale: float = 1.0, tta: bool = False, **kwargs) -> np.ndarray:
+    """Class probabilities of frames, each from its time window for a temporal model, else on its own.
+
+    One place decides which predictor a model needs, so validation, the post-processing study and
+    ``celltune predict`` predict alike: a model with :func:`time_window_of` > 1 goes through
+    :func:`predict_sequence_probabilities` (windows built from ``previous`` and ``frames``), any other through
+    :func:`celltune.trainables.inference.predict_probabilities`.
+
+    Args:
+        model: a frame model (``(B, 1, h, w)`` input) or a temporal one (``(B, T, 1, h, w)``, ``spec.time_window``).
+        frames: ``(H, W)`` or ``(N, H, W)`` normalized consecutive frames; for a frame model also the ``(Z, H, W)``
+            slices of a volume.
+        previous: ``(P, H, W)`` frames just before ``frames[0]`` (see :func:`sequence_windows`), e.g. the first
+            T - 1 frames of a validation window; only temporal models read them. Default None.
+        scale: resampling factor the model was trained at (``data.scale``); temporal models only at 1.0.
+        tta: average over the eight flips and rotations (:mod:`celltune.trainables.tta`); frame models only.
+        **kwargs: ``size_multiple``, ``activation``, ``device``, ``amp``, ``batch_size``, ``max_tile``,
+            ``tile_overlap``, ``show_progress`` as for :func:`celltune.trainables.inference.predict_probabilities`.
+
+    Returns:
+        ``(N, C, H, W)`` float32 probabilities (N = 1 for an ``(H, W)`` frame).
+
+    Raises:
+        UserInputError: bad frames or options; ``scale`` other than 1 or ``tta`` for a temporal model.
+    """
+    time_window = time_window_of(model)
+    if time_window == 1:
+        predict = functools.partial(predict_probabilities, model, scale=scale, **kwargs)
+        return with_tta(predict, frames, DIHEDRAL) if tta else predict(frames)
+    if scale != 1.0:
+        raise UserInputError(f"scale={scale!r}: the model sees windows of {time_window} frames; it is trained and "
+                             "predicted at scale 1.0 only")
+    if tta:
+        raise UserInputError(f"tta: averages single frames; the model sees windows of {time_window} frames")
+    if isinstance(frames, np.ndarray) and frames.ndim == 2:
+        frames = frames[None]
+    return predict_sequence_probabilities(model, frames, time_window=time_window, previous=previous, **kwargs)
 
 
 def sequence_windows(frames: np.ndarray, time_window: int, previous: np.ndarray | None = None) -> np.ndarray:
@@ -85,26 +117,19 @@ def predict_sequence_probabilities(model: nn.Module, frames: np.ndarray, *, time
     return predict_window_probabilities(model, sequence_windows(frames, time_window, previous), **kwargs)
 
 
-def predict_window_probabilities(
-    model: nn.Module,
-    windows: np.ndarray,
-    *,
-    size_multiple: int,
-    activation: Activation,
-    device: str | torch.device = "cpu",
-    amp: bool | None = None,
-    batch_size: int = 4,
-    max_tile: int | None = 1024,
-    tile_overlap: int = 64,
-    show_progress: bool = False,
-) -> np.ndarray:
+def predict_window_probabilities(model: nn.Module, windows: np.ndarray, *, size_multiple: int,
+                                 activation: Activation, device: str | torch.device = "cpu", amp: bool | None = None,
+                                 batch_size: int = 4, max_tile: int | None = 1024, tile_overlap: int = 64,
+                                 show_progress: bool = False) -> np.ndarray:
     """Class probabilities of the last frame of every window.
 
     The model runs in eval mode under ``torch.inference_mode`` (its training flag is restored) on ``(b, T, 1, h, w)``
     float32 tiles whose sides are multiples of ``size_multiple``; tile logits are blended on the CPU in float32.
+    A model with ``output_crop`` > 0 (valid convolutions) is overlap-tiled, as the frame predictor does.
 
     Args:
-        model: maps ``(B, T, 1, h, w)`` to logits ``(B, C, h, w)``.
+        model: maps ``(B, T, 1, h, w)`` to logits ``(B, C, h, w)`` (each side ``2 * output_crop`` smaller for a
+            valid-convolution model).
         windows: ``(N, T, H, W)`` normalized frames (or one ``(T, H, W)`` window).
         size_multiple, activation, device, amp, batch_size, max_tile, tile_overlap, show_progress: as for
             :func:`celltune.trainables.inference.predict_probabilities`; ``batch_size`` counts windows (or tiles).
@@ -115,78 +140,9 @@ def predict_window_probabilities(
     Raises:
         UserInputError: bad windows, options or device, or a model whose output does not fit its input.
     """
-    windows = _check_windows(windows)
-    multiple = _positive_int("size_multiple", size_multiple)
-    batch_size = _positive_int("batch_size", batch_size)
-    if activation not in ("softmax", "sigmoid"):
-        raise UserInputError(f"activation={activation!r}: expected 'softmax' or 'sigmoid'")
-    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or tile_overlap < 0:
-        raise UserInputError(f"tile_overlap={tile_overlap!r}: must be a non-negative integer")
-    overlap = math.ceil(tile_overlap / multiple) * multiple
-    tile = None
-    if max_tile is not None:
-        tile = (_positive_int("max_tile", max_tile) // multiple) * multiple
-        if tile == 0 or 2 * overlap > tile:
-            raise UserInputError(f"max_tile={max_tile}: the tile (rounded down to a multiple of {multiple}: {tile} px)"
-                                 f" must be at least twice tile_overlap={tile_overlap} (rounded up to {overlap})")
-    target = resolve_device(device)
-    amp_dtype = resolve_amp(target, amp)
-
-    count, steps, height, width = windows.shape
-    pad_y, pad_x = _pad_amounts(height, multiple), _pad_amounts(width, multiple)
-    padded_shape = (height + sum(pad_y), width + sum(pad_x))
-    starts_y, windows_y = _axis_plan(padded_shape[0], tile, overlap)
-    starts_x, windows_x = _axis_plan(padded_shape[1], tile, overlap)
-    tile_h, tile_w = windows_y[0].size, windows_x[0].size
-    blend = {(iy, ix): np.outer(wy, wx).astype(np.float32)
-             for iy, wy in enumerate(windows_y) for ix, wx in enumerate(windows_x)}
-    weight_sum = np.zeros(padded_shape, dtype=np.float32)
-    for (iy, ix), weights in blend.items():
-        weight_sum[starts_y[iy]:starts_y[iy] + tile_h, starts_x[ix]:starts_x[ix] + tile_w] += weights
-    crop = (slice(pad_y[0], pad_y[0] + height), slice(pad_x[0], pad_x[0] + width))
-    weight_sum = weight_sum[crop]
-    tiles = list(blend)
-    # Pad a few windows at a time: padding the whole (N, T, H, W) stack at once could hold gigabytes.
-    group = max(1, batch_size // len(tiles))
-    logger.debug("predicting %d window(s) of %d frame(s) as %d tile(s) of %dx%d each", count, steps, len(tiles),
-                 tile_h, tile_w)
-
-    result: np.ndarray | None = None
-    autocast = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    was_training = model.training
-    model.to(target).eval()
-    try:
-        with torch.inference_mode(), autocast, tqdm(total=count * len(tiles), unit="tile",
-                                                    disable=None if show_progress else True) as bar:
-            for first in range(0, count, group):
-                chunk = np.pad(windows[first:first + group], ((0, 0), (0, 0), pad_y, pad_x), mode="reflect")
-                if not np.isfinite(chunk).all():
-                    raise UserInputError("windows: contain NaN or infinite values")
-                jobs = [(n, iy, ix) for n in range(chunk.shape[0]) for iy, ix in tiles]
-                acc: np.ndarray | None = None
-                for start in range(0, len(jobs), batch_size):
-                    batch = jobs[start:start + batch_size]
-                    stack = np.stack([chunk[n, :, starts_y[iy]:starts_y[iy] + tile_h,
-                                            starts_x[ix]:starts_x[ix] + tile_w] for n, iy, ix in batch])
-                    inputs = torch.from_numpy(stack).unsqueeze(2).to(target)
-                    logits = _check_output(model(inputs), inputs[:, -1].shape).float().cpu().numpy()
-                    if acc is None:
-                        acc = np.zeros((chunk.shape[0], logits.shape[1], *padded_shape), np.float32)
-                    for (n, iy, ix), tile_logits in zip(batch, logits, strict=True):
-                        y0, x0 = starts_y[iy], starts_x[ix]
-                        acc[n, :, y0:y0 + tile_h, x0:x0 + tile_w] += tile_logits * blend[(iy, ix)]
-                    bar.update(len(batch))
-                if acc is None:
-                    raise RuntimeError("internal error: a group of windows got no tiles")
-                if result is None:
-                    result = np.empty((count, acc.shape[1], height, width), dtype=np.float32)
-                for n in range(chunk.shape[0]):
-                    result[first + n] = _activate(acc[(n, slice(None), *crop)] / weight_sum, activation)
-    finally:
-        model.train(was_training)
-    if result is None:
-        raise RuntimeError("internal error: no window was predicted")
-    return result
+    return _predict_tiled(model, _check_windows(windows), time_axis=True, size_multiple=size_multiple,
+                          activation=activation, device=device, amp=amp, batch_size=batch_size, max_tile=max_tile,
+                          tile_overlap=tile_overlap, show_progress=show_progress)
 
 
 def _as_float32(name: str, array: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ averaged), and lets DDP synchronise gradients only on the last backward of the r
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import tempfile
@@ -24,10 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import ModelSpec, build_model
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.console_bar import ConsoleBar
 from celltune.trainables.data import (
@@ -36,23 +36,20 @@ from celltune.trainables.data import (
     epoch_minibatches,
     load_validation_frames,
 )
-from celltune.trainables.inference import activation_for, predict_probabilities
+from celltune.trainables.inference import activation_for
 from celltune.trainables.init_weights import load_init_weights, parameter_groups
 from celltune.trainables.losses import build_loss, center_crop, loss_spec
 from celltune.trainables.lr_schedules import OneCycleSchedule, build_lr_schedule
 from celltune.trainables.metrics import InstanceScores, seg_counts
+from celltune.trainables.model_card import BEST_WEIGHTS, CHECKPOINT_WEIGHTS, ArchitectureEntry, ModelCard, read_weights
 from celltune.trainables.optimizers import build_optimizer
-from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
-from celltune.trainables.registry import ModelSpec, build_model, model_from_config
 from celltune.trainables.schemes import POOLED, micro_batches, optimizer_steps_per_epoch
-from celltune.trainables.temporal_inference import predict_window_probabilities
+from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS, postprocess
+from celltune.trainables.temporal_inference import predict_frame_probabilities
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
-BEST_MODEL_FILE = "best_model.safetensors"
-STATE_FILE = "training_state.pt"
-CONFIG_FILE = "celltune_model.json"
+STATE_FILE = "training_state.pt"  # optimizer, schedule and counters: tensors and numbers only (weights_only load)
 MINIBATCHES_PER_DATASET_UNIVERSAL = 20  # Guo et al., Table 3: an epoch of universal training
 
 
@@ -391,11 +388,11 @@ def evaluate(model: nn.Module, validation: Mapping[str, list[ValidationFrame]], 
             continue
         jaccard_sum, references, instance = 0.0, 0, InstanceScores(thresholds=(0.5,))
         for index, frame in enumerate(frames):
-            predict, images = ((predict_window_probabilities, frame.window) if frame.window is not None
-                               else (predict_probabilities, frame.image))  # time-window models get windows
-            scale = {"scale": (scales or {}).get(name, 1.0)} if frame.window is None else {}
-            probs = predict(model, images, size_multiple=size_multiple, activation=activation_for(kind),
-                            device=device, amp=autocast_dtype is not None, **scale)[0]
+            previous = None if frame.window is None else frame.window[:-1]  # time-window models get windows
+            probs = predict_frame_probabilities(model, frame.image, previous=previous,
+                                                scale=(scales or {}).get(name, 1.0), size_multiple=size_multiple,
+                                                activation=activation_for(kind), device=device,
+                                                amp=autocast_dtype is not None)[0]
             predicted = postprocess(kind, probs, **params)
             part_sum, part_count = seg_counts(frame.labels, predicted)
             jaccard_sum += part_sum
@@ -423,40 +420,26 @@ def _save(directory: Path, config: TrainConfig, model_config: Mapping[str, Any],
           best: Mapping[str, float], spent_s: float = 0.0) -> None:
     """A checkpoint holds everything to rebuild the run and its best model; weights load without pickle."""
     current = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(current, str(directory / MODEL_FILE))
-    save_file({k: v.contiguous() for k, v in (best_state or current).items()}, str(directory / BEST_MODEL_FILE))
+    save_file(current, str(directory / CHECKPOINT_WEIGHTS))
+    save_file({k: v.contiguous() for k, v in (best_state or current).items()}, str(directory / BEST_WEIGHTS))
     torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "best": dict(best), "spent_s": float(spent_s)}, directory / STATE_FILE)
-    description = {
-        "model": dict(model_config),
-        "postprocess": {**DEFAULT_POSTPROCESS_PARAMS[model_config["target_kind"]], **config.postprocess},
-        "normalization": config.data.normalization,
-        "scale": config.data.scales,
-        "train_config": config.model_dump(mode="json"),
-        "step": step, "epoch": epoch, "best": dict(best),
-    }
-    (directory / CONFIG_FILE).write_text(json.dumps(description, indent=2))
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file read into memory (no pickle, and no mmap of a file someone may replace)."""
-    return load(Path(path).read_bytes())
+    ModelCard(
+        model=ArchitectureEntry(**model_config),
+        postprocess={**DEFAULT_POSTPROCESS_PARAMS[model_config["target_kind"]], **config.postprocess},
+        normalization=config.data.normalization,
+        scale=config.data.scales,
+        train_config=config.model_dump(mode="json"),
+        step=step, epoch=epoch, best=dict(best),
+    ).write(directory)
 
 
 def _restore(directory: Path, model: nn.Module, optimizer, schedule, scaler):
-    model.load_state_dict(load_weights(directory / MODEL_FILE))
+    model.load_state_dict(read_weights(directory / CHECKPOINT_WEIGHTS))
     state = torch.load(directory / STATE_FILE, weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     scaler.load_state_dict(state["scaler"])
-    best_state = load_weights(directory / BEST_MODEL_FILE)
+    best_state = read_weights(directory / BEST_WEIGHTS)
     return (int(state["step"]), int(state["epoch"]), dict(state["best"]), best_state,
             float(state.get("spent_s", 0.0)))
-
-
-def load_trained_model(checkpoint_dir: Path, *, best: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the architecture from a checkpoint's description and load its (best) weights, no unpickling."""
-    description = json.loads((Path(checkpoint_dir) / CONFIG_FILE).read_text())
-    model = model_from_config(description["model"])
-    model.load_state_dict(load_weights(Path(checkpoint_dir) / (BEST_MODEL_FILE if best else MODEL_FILE)))
-    return model.eval(), description

@@ -6,14 +6,16 @@ into pydantic models from :mod:`celltune.trainables.config`.
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 
 class _Loader(yaml.SafeLoader):
@@ -99,3 +101,28 @@ def describe_validation_error(exc: ValidationError) -> str:
     others = len({key_path(error) for error in errors if not path.startswith(key_path(error))})
     more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     return f"{path or 'file'}: {message}{more}"
+
+
+def set_dotted_keys(tree: Mapping[str, Any], values: Mapping[str, Any], *, source: str = "sampled config"
+                 ) -> dict[str, Any]:
+    """A deep copy of ``tree`` with each dotted key set (``--set`` overrides, search samples); shallower keys
+    first, so a section can be replaced.
+
+    Missing sections on the way are created (``loss.options.j_weight`` on a tree without ``loss.options``).
+
+    Raises:
+        UserInputError: a key runs through a value that is not a section.
+    """
+    result = copy.deepcopy(dict(tree))
+    prefix = f"{source}: " if source else ""
+    for key, value in sorted(values.items(), key=lambda item: item[0].count(".")):
+        parts = key.split(".")
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserInputError(f"{prefix}{'.'.join(parts[:i + 1])} is a value ({child!r}), not a section, "
+                                     f"so {key} cannot be set")
+            node = child
+        node[parts[-1]] = copy.deepcopy(value)
+    return result

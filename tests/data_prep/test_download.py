@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.download import COMPLETE_MARKER, download_dataset
-from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.synth import SynthSpec, generate_dataset
 
 NAME = "Fluo-N2DH-SIM+"  # a '+' in the URL, as on the CTC site

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celltune.data_prep.errors import did_you_mean
+from celltune.data_prep.common import did_you_mean
 
 
 def test_the_closest_choice_is_named_and_nothing_when_none_is_close():

@@ -154,7 +154,7 @@ def test_reader_crops_a_slice(out: Path) -> None:
 
 
 def test_slice_outside_the_volume_is_rejected(src: Path, tmp_path: Path, ray_session) -> None:
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
 
     bad = tmp_path / "src"
     shutil.copytree(src / SLICES, bad / SLICES)

@@ -3,6 +3,7 @@ store (or temporary folder) left behind. Problems found inside Ray tasks arrive 
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,17 @@ def _huge_label_id(ds: Path) -> None:
     _break_file(ds / "01_GT/SEG/man_seg002.tif", labels)
 
 
+def _complex_raws(ds: Path) -> None:
+    """Sequence 02 as complex64 frames: no intensity to normalise (zarr cannot shard them either)."""
+    for path in sorted((ds / "02").glob("t*.tif")):
+        _break_file(path, tifffile.imread(path).astype(np.complex64))
+
+
+def _symlink_loop(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.name)
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -85,6 +97,10 @@ CASES: dict[str, tuple[Callable[[Path], object], str]] = {
                                               "32 bits"),
     "empty dataset": (lambda ds: [shutil.rmtree(p) for p in ds.iterdir()], f"{DS}: empty dataset"),
     "no raw frames": (lambda ds: [p.unlink() for p in (ds / "01").iterdir()], f"{DS}/01: no raw frames"),
+    "symlink loop frame": (lambda ds: _symlink_loop(ds / "01" / "t002.tif"),
+                           f"{DS}/01/t002.tif: cannot read file (Too many levels of symbolic links)"),
+    "complex raw frames": (_complex_raws, f"{DS}/02/t000.tif: raw frame has complex64 dtype; expected integer or "
+                                          "float intensities"),
 }
 
 
@@ -143,3 +159,56 @@ def test_bad_dataset_does_not_touch_a_good_existing_store(base_src: Path, tmp_pa
     assert sf.is_complete_store(out / f"{DS}.zarr")
     assert sf.store_attrs(out / f"{DS}.zarr")["fingerprint"] == before
     assert sorted(p.name for p in out.iterdir()) == [".prep.lock", f"{DS}.zarr", "index.parquet"]
+
+
+def test_out_under_a_file(base_src: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "plain").write_text("a file")
+    code = main(["data", "prep", str(base_src), "--out", str(tmp_path / "plain" / "out"), "--no-progress"])
+    _assert_one_line_error(capsys, code, f"{tmp_path / 'plain' / 'out'}: cannot create the output folder (Not a "
+                                         "directory)")
+
+
+def test_out_that_cannot_be_written(base_src: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / ".prep.lock").mkdir(parents=True)  # the lock file cannot be opened, as in a read-only folder
+    code = main(["data", "prep", str(base_src), "--out", str(out), "--no-progress"])
+    _assert_one_line_error(capsys, code, f"{out}: cannot write in the output folder (Is a directory)")
+    assert [p.name for p in out.iterdir()] == [".prep.lock"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_read_only_out(base_src: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        code = main(["data", "prep", str(base_src), "--out", str(tmp_path / "ro" / "out"), "--no-progress"])
+        _assert_one_line_error(capsys, code, f"{tmp_path / 'ro' / 'out'}: cannot create the output folder "
+                                             "(Permission denied)")
+        code = main(["data", "prep", str(base_src), "--out", str(tmp_path / "ro"), "--no-progress"])
+        _assert_one_line_error(capsys, code, f"{tmp_path / 'ro'}: cannot write in the output folder (Permission "
+                                             "denied)")
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads through permission bits")
+def test_unreadable_folder(base_src: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(base_src, src)
+    (src / DS / "01_GT" / "SEG").chmod(0)
+    try:
+        code = main(["data", "prep", str(src), "--out", str(tmp_path / "out"), "--no-progress"])
+        _assert_one_line_error(capsys, code, f"{DS}/01_GT/SEG: cannot list folder (Permission denied)")
+    finally:
+        (src / DS / "01_GT" / "SEG").chmod(0o755)
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_prep_removes_the_parent_folders_it_made(base_src: Path, tmp_path: Path, capsys,
+                                                        ray_session) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(base_src, src)
+    _truncate(src / DS / "02" / "t001.tif")
+    code = main(["data", "prep", str(src), "--out", str(tmp_path / "new" / "deeper" / "out"), "--no-progress"])
+    _assert_one_line_error(capsys, code, f"{DS}/02/t001.tif: truncated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

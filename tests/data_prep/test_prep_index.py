@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from celltune.data_prep import store_format as sf
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.index import (
     CONFIGS,
     build_index,

@@ -12,8 +12,8 @@ import zarr
 
 from celltune.data_prep import shards, tracks
 from celltune.data_prep import store_format as sf
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.ctc_layout import discover
-from celltune.data_prep.errors import UserInputError
 from celltune.data_prep.stats import IntensityStats
 from celltune.data_prep.tiff_io import check_labels, decode_tiff
 
@@ -134,10 +134,12 @@ def test_man_track_parse_and_rules() -> None:
         "1 0 4 0\n2 3 9 1\n": "parent 1 ends at frame 4, not before track 2 begins at 3",
         "2 3 9 7\n": "parent 7 of track 2 is not a track",
         "1 0 4 0\n2 5 9 2\n": "line 2: track 2 names itself as its parent",
+        "1 0 99999999999999999999 0\n": "line 1 '1 0 99999999999999999999 0': number too large",
+        "1 0 4 0\n2 5 10 1\n": "line 2: track 2 ends at frame 10, past the last frame 9",
     }
     for text, message in bad.items():
         with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            tracks.parse_man_track(text, "T/man_track.txt")
+            tracks.parse_man_track(text, "T/man_track.txt", num_frames=10)
 
 
 def test_man_track_against_masks() -> None:
@@ -196,6 +198,19 @@ def test_discover_layout(tmp_path: Path) -> None:
          "DS/01_GT/TRA/man_track.txt: missing"),
         (lambda ds: _touch_tiff(ds / "02_GT" / "SEG" / "man_seg000.tif"),
          r"DS/02: raw folder missing \(02_GT exists\)"),
+        (lambda ds: (_touch_tiff(ds / "01" / "t000.tif"), (ds / "01" / "t001.tif").symlink_to("t001.tif")),
+         r"DS/01/t001.tif: cannot read file \(Too many levels of symbolic links\)"),
+        (lambda ds: (_touch_tiff(ds / "01" / "t000.tif"), (ds / "01" / "t001.tif").mkdir()),
+         "DS/01/t001.tif: not a regular file"),
+        (lambda ds: (_touch_tiff(ds / "01" / "t000.tif"), (ds / "01_GT" / "TRA").mkdir(parents=True),
+                     (ds / "01_GT" / "TRA" / "man_track.txt").symlink_to("gone.txt")),
+         r"DS/01_GT/TRA/man_track.txt: cannot read file \(No such file or directory\)"),
+        (lambda ds: (_touch_tiff(ds / "01" / "t000.tif"), (ds / "01_GT").mkdir(),
+                     (ds / "01_GT" / "SEG").symlink_to("SEG")),
+         r"DS/01_GT/SEG: cannot open folder \(Too many levels of symbolic links\)"),
+        (lambda ds: (_touch_tiff(ds / "01" / "t000.tif"), (ds / "01_ST").mkdir(),
+                     (ds / "01_ST" / "SEG").symlink_to("gone")),
+         "DS/01_ST/SEG: broken symbolic link"),
     ],
 )
 def test_discover_errors(tmp_path: Path, setup, message: str) -> None:

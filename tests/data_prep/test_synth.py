@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from skimage.filters import threshold_otsu
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.synth import SynthSpec, generate_dataset
 
 DEFAULT = SynthSpec(name="Synth-2D")  # the CLI defaults: 2 sequences x 12 frames, 128x128, 8 cells, GT every 3rd

@@ -15,7 +15,7 @@ import tifffile
 from scipy import ndimage
 
 from celltune.data_prep import targets
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.targets import (
     TERTIARY_BOUNDARY,
     TERTIARY_CELL,

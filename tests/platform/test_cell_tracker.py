@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.cell_tracker import TrackingResult, track_sequence
 from celltune.platform.ctc_results import check_result
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from celltune.platform.cli import main
-from celltune.platform.cli_models import _user, promote
-from celltune.platform.registry_views import VersionView, format_table
+from celltune.platform.model_promotion import _user, promote
+from celltune.platform.model_registry_views import VersionView, format_table
 
 HELA, SIM = "DIC-C2DH-HeLa", "Fluo-N2DH-SIMplus"
 SETTINGS = {"crop": 256, "datasets": ["DIC-C2DH-HeLa", "Fluo-N2DH-SIM+"], "epochs": 30, "loss": "ce",

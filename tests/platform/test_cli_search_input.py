@@ -30,7 +30,7 @@ def test_unknown_space_suggests_a_shipped_one(tmp_path, capsys):
 
 
 def test_a_resumed_search_keeps_the_base_config_it_started_with(tmp_path):
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.platform.search_run import read_base_tree, write_base_tree
     from celltune.search_spaces.tuner import SearchSettings
 

@@ -1,6 +1,6 @@
 import pytest
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.config_io import apply_overrides, load_config
 from celltune.trainables.config import TrainConfig
 

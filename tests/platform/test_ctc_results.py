@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform import ctc_results
 from celltune.platform.cell_tracker import track_sequence
 from celltune.platform.ctc_results import read_ctc_result, write_ctc_result

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.cell_tracker import track_sequence
 from celltune.platform.ctc_results import format_tracks, write_ctc_result
 from celltune.platform.evaluate import evaluate_results, evaluate_sequence, find_sequence_pairs
@@ -267,7 +267,7 @@ def test_written_results_have_the_permissions_of_a_plain_write(tmp_path):
     """Atomic writes go through tempfile (0600 files, 0700 folders); what lands must follow the umask."""
     import os
 
-    from celltune.platform.atomic_files import write_atomic
+    from celltune.data_prep.common import write_atomic
     from celltune.platform.ctc_results import write_ctc_result
 
     old = os.umask(0o022)

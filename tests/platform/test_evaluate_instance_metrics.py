@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.ctc_results import format_tracks, write_ctc_result
 from celltune.platform.evaluate import evaluate_results, instance_scores, write_precision_recall_curve
 

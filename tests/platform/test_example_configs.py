@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.config_io import load_config
 from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig

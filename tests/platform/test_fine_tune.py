@@ -12,10 +12,10 @@ import yaml
 from safetensors.torch import save_file
 
 from celltune.platform.cli import main
-from celltune.platform.model_registry import DESCRIPTION_FILE, register_checkpoint
-from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-from celltune.trainables.registry import build_model
-from celltune.trainables.train_loop import MODEL_FILE, load_weights
+from celltune.platform.model_registry import register_checkpoint
+from celltune.trainables.architectures import build_model
+from celltune.trainables.model_card import CARD_FILE, CHECKPOINT_WEIGHTS, read_weights
+from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "platform" / "configs" / "demo_train.yaml"
@@ -31,7 +31,7 @@ def _parent_checkpoint(folder: Path) -> Path:
     description = {"model": config, "postprocess": DEFAULT_POSTPROCESS_PARAMS[model.spec.target_kind],
                    "normalization": "minmax", "best": {"seg_mean": 0.5},
                    "train_config": {"data": {"stores": ["/data/Synth-Round.zarr"]}, "model": {"name": "xbnet"}}}
-    (folder / DESCRIPTION_FILE).write_text(json.dumps(description))
+    (folder / CARD_FILE).write_text(json.dumps(description))
     return folder
 
 
@@ -89,7 +89,8 @@ def test_fine_tuning_from_a_registered_model_records_its_parent(tmp_path, demo_s
     assert run.data.params["init.encoder_lr"] == "0.0001"
 
     checkpoint = max(p for p in (tmp_path / "runs" / "tuned").glob("checkpoint_*") if p.is_dir())
-    assert set(load_weights(checkpoint / MODEL_FILE)) == set(build_model("xbnet", **PARENT_OPTIONS).state_dict())
+    trained = read_weights(checkpoint / CHECKPOINT_WEIGHTS)
+    assert set(trained) == set(build_model("xbnet", **PARENT_OPTIONS).state_dict())
     version = register_checkpoint(checkpoint, name="child", run_id=run.info.run_id, tracking_uri=uri,
                                   postprocess_default={}, postprocess_per_dataset={}, metrics={"seg_mean": 0.1})
     assert version.tags["celltune.parent_model"] == "parent/1"
@@ -129,7 +130,7 @@ def test_a_checkpoint_folder_is_a_parent_too(tmp_path, registry):
     parent = load_parent(config, registry[0])
     assert parent.parent == {"uri": str(registry[2])}
     resolved = with_parent_weights(config, parent, tmp_path / "run")
-    written = load_weights(resolved.init.weights)
-    expected = load_weights(registry[2] / "best_model.safetensors")
+    written = read_weights(resolved.init.weights)
+    expected = read_weights(registry[2] / "best_model.safetensors")
     assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
     assert not list((tmp_path / "run").glob(".*tmp"))

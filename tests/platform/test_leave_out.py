@@ -88,7 +88,7 @@ def test_leave_out_bad_input_is_one_line_and_writes_nothing(tmp_path, demo_store
 
 
 def test_training_frames_spreads_k_frames_and_refuses_more_than_there_are(demo_stores):
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.trainables.config import DataConfig
     from celltune.trainables.data import dataset_frames, training_frames
 
@@ -103,7 +103,7 @@ def test_training_frames_spreads_k_frames_and_refuses_more_than_there_are(demo_s
 
 
 def test_a_shot_trains_on_k_gt_frames_of_the_left_out_dataset_alone(tmp_path, demo_stores):
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.platform.config_io import load_config
     from celltune.platform.leave_out import ShotBudget, shot_config, universal_config
     from celltune.trainables.config import TrainConfig

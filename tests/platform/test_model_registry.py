@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from celltune.data_prep.errors import UserInputError
-from celltune.platform.model_registry import DESCRIPTION_FILE, WEIGHTS_FILE, load_model, register_checkpoint
-from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-from celltune.trainables.registry import build_model
+from celltune.data_prep.common import UserInputError
+from celltune.platform.model_registry import load_model, register_checkpoint
+from celltune.trainables.architectures import build_model
+from celltune.trainables.model_card import CARD_FILE, REGISTERED_WEIGHTS
+from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS
 
 
 def _checkpoint(folder: Path, seed: int = 0) -> Path:
@@ -28,7 +29,7 @@ def _checkpoint(folder: Path, seed: int = 0) -> Path:
                    "normalization": "minmax", "best": {"seg_mean": 0.4},
                    "train_config": {"data": {"stores": ["/data/Synth-Round.zarr"], "crop": 64},
                                     "model": {"name": "unet"}, "training": {"epochs": 4}}}
-    (folder / DESCRIPTION_FILE).write_text(json.dumps(description))
+    (folder / CARD_FILE).write_text(json.dumps(description))
     return folder
 
 
@@ -67,9 +68,9 @@ def test_registered_version_carries_tags_alias_and_loads_by_alias_and_version(re
     by_version = load_model("models:/cells/1", uri)
     local = load_model(str(checkpoint))
     assert by_alias.ref.version == "1" and by_alias.ref.run_id == run_id
-    assert by_alias.postprocess_params("Synth-Round") == {"min_area": 5, "hole_area": 0}
-    assert by_alias.postprocess_params("other") == {"min_area": 20, "hole_area": 8}
-    assert by_alias.postprocess_params() == {"min_area": 20, "hole_area": 8}
+    assert by_alias.card.postprocess_params("Synth-Round") == {"min_area": 5, "hole_area": 0}
+    assert by_alias.card.postprocess_params("other") == {"min_area": 20, "hole_area": 8}
+    assert by_alias.card.postprocess_params() == {"min_area": 20, "hole_area": 8}
     image = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         expected = local.model(image)
@@ -103,31 +104,31 @@ def test_tampered_or_mismatched_artifacts_are_refused(registry, tmp_path):
     uri = registry[0]
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/cells/1", dst_path=str(tmp_path / "dl"),
                                                      tracking_uri=uri))
-    folder = next(local.rglob(DESCRIPTION_FILE)).parent
+    folder = next(local.rglob(CARD_FILE)).parent
     assert load_model(str(folder)).ref.local_dir == folder.resolve()
 
     tampered = tmp_path / "tampered"
     shutil.copytree(folder, tampered)
-    data = bytearray((tampered / WEIGHTS_FILE).read_bytes())
+    data = bytearray((tampered / REGISTERED_WEIGHTS).read_bytes())
     data[-4:] = b"\x00\x00\x80\x7f"  # the last float becomes inf: same size, different checksum
-    (tampered / WEIGHTS_FILE).write_bytes(bytes(data))
+    (tampered / REGISTERED_WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(UserInputError, match="does not match the checksum"):
         load_model(str(tampered))
 
     mismatched = tmp_path / "mismatched"
     shutil.copytree(folder, mismatched)
-    description = json.loads((mismatched / DESCRIPTION_FILE).read_text())
+    description = json.loads((mismatched / CARD_FILE).read_text())
     description["model"]["options"]["width"] = 16
     description.pop("weights_sha256")
-    (mismatched / DESCRIPTION_FILE).write_text(json.dumps(description))
+    (mismatched / CARD_FILE).write_text(json.dumps(description))
     with pytest.raises(UserInputError, match="do not fit the stored 'unet' config"):
         load_model(str(mismatched))
 
     garbage = tmp_path / "garbage"
     shutil.copytree(folder, garbage)
-    (garbage / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
-    description = json.loads((garbage / DESCRIPTION_FILE).read_text())
+    (garbage / REGISTERED_WEIGHTS).write_bytes(b"not a safetensors file")
+    description = json.loads((garbage / CARD_FILE).read_text())
     description.pop("weights_sha256")
-    (garbage / DESCRIPTION_FILE).write_text(json.dumps(description))
+    (garbage / CARD_FILE).write_text(json.dumps(description))
     with pytest.raises(UserInputError, match="not a valid safetensors file"):
         load_model(str(garbage))

@@ -19,19 +19,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.cell_tracker import track_sequence
 from celltune.platform.ctc_results import read_ctc_result
-from celltune.platform.predict import (
-    PredictOptions,
-    SequenceSource,
-    check_model_fits,
-    find_sequences,
-    frames_as_tracks,
-    model_ndims,
-    predict_sequence,
-    predict_to_folder,
-)
+from celltune.platform.predict import predict_to_folder
+from celltune.platform.predict_checks import check_model_fits, model_ndims
+from celltune.platform.predict_inputs import SequenceSource, find_sequences
+from celltune.platform.predict_one import frames_as_tracks, predict_sequence
+from celltune.platform.predict_options import PredictOptions
+from celltune.trainables.model_card import ModelCard
 
 TRAIN_DATASET = "Synth-Train"
 TEST_DATASET = "Synth-SIM+"  # a '+' like Fluo-N2DH-SIM+, which MLflow metric names cannot hold
@@ -56,10 +52,10 @@ def build_checkpoint(tmp_path_factory) -> Path:
     from celltune.data_prep.stats import IntensityStats
     from celltune.data_prep.synth import SynthSpec, generate_dataset
     from celltune.data_prep.targets import tertiary_target
+    from celltune.trainables.architectures import build_model
     from celltune.trainables.config import TrainConfig
     from celltune.trainables.data import normalize
-    from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS
-    from celltune.trainables.registry import build_model
+    from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS
 
     folder, done = _shared_dir(tmp_path_factory, "checkpoint")
     if done:
@@ -188,7 +184,7 @@ def dataset(tmp_path_factory) -> Path:
 def _by_hand(loaded, frames: list[np.ndarray], min_area: int = MIN_AREA) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline composed from its parts: min-max over the whole sequence, network, post-processing, tracker."""
     from celltune.trainables.inference import predict_probabilities
-    from celltune.trainables.postprocess import postprocess
+    from celltune.trainables.target_kinds import postprocess
 
     low = float(min(f.min() for f in frames))
     high = float(max(f.max() for f in frames))
@@ -212,7 +208,7 @@ def _raw(folder: Path) -> list[np.ndarray]:
 
 def test_sequence_folder_gives_a_valid_result_equal_to_the_pipeline_by_hand(loaded, dataset, tmp_path):
     out = tmp_path / "01_RES"
-    (summary,) = predict_to_folder(loaded.model, loaded.description, loaded.postprocess_params(), dataset / "01", out,
+    (summary,) = predict_to_folder(loaded.model, loaded.card, loaded.card.postprocess_params(), dataset / "01", out,
                                    show_progress=False)
     assert sorted(p.name for p in out.iterdir()) == [f"mask{t:03d}.tif" for t in range(6)] + ["res_track.txt"]
     result = read_ctc_result(out)  # re-checks masks against res_track.txt (CTC rules)
@@ -231,7 +227,7 @@ def test_four_digit_frames_give_four_digit_masks(loaded, dataset, tmp_path):
     for t, path in enumerate(sorted((dataset / "01").glob("t*.tif"))[:3]):
         shutil.copy(path, seq / f"t{t:04d}.tif")
     out = tmp_path / "07_RES"
-    predict_to_folder(loaded.model, loaded.description, {"min_area": MIN_AREA}, seq, out, show_progress=False)
+    predict_to_folder(loaded.model, loaded.card, {"min_area": MIN_AREA}, seq, out, show_progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["mask0000.tif", "mask0001.tif", "mask0002.tif", "res_track.txt"]
     assert ctc_valid(out) == 1
 
@@ -241,9 +237,9 @@ def test_multipage_stack_equals_the_sequence_folder(loaded, dataset, tmp_path):
     tifffile.imwrite(stack, np.stack(_raw(dataset / "02")))
     sources, collection = find_sequences(stack)
     assert not collection and sources[0].kind == "tiff"
-    predict_to_folder(loaded.model, loaded.description, {"min_area": MIN_AREA}, stack, tmp_path / "a",
+    predict_to_folder(loaded.model, loaded.card, {"min_area": MIN_AREA}, stack, tmp_path / "a",
                       show_progress=False)
-    predict_to_folder(loaded.model, loaded.description, {"min_area": MIN_AREA}, dataset / "02", tmp_path / "b",
+    predict_to_folder(loaded.model, loaded.card, {"min_area": MIN_AREA}, dataset / "02", tmp_path / "b",
                       show_progress=False)
     a, b = read_ctc_result(tmp_path / "a"), read_ctc_result(tmp_path / "b")
     np.testing.assert_array_equal(a.masks, b.masks)
@@ -258,7 +254,7 @@ def test_3d_folder_and_imagej_hyperstack(loaded, tmp_path):
     frames = _raw(data / "01")
     assert frames[0].shape == (6, 64, 64)
     out = tmp_path / "01_RES"
-    predict_to_folder(loaded.model, loaded.description, {"min_area": MIN_AREA}, data / "01", out,
+    predict_to_folder(loaded.model, loaded.card, {"min_area": MIN_AREA}, data / "01", out,
                       show_progress=False)
     result = read_ctc_result(out)
     masks, tracks = _by_hand(loaded, frames)
@@ -269,7 +265,7 @@ def test_3d_folder_and_imagej_hyperstack(loaded, tmp_path):
     # The same volumes as one ImageJ hyperstack (T, Z, Y, X) give the same result.
     stack = tmp_path / "hyper.tif"
     tifffile.imwrite(stack, np.stack(frames), imagej=True, metadata={"axes": "TZYX"})
-    predict_to_folder(loaded.model, loaded.description, {"min_area": MIN_AREA}, stack, tmp_path / "h",
+    predict_to_folder(loaded.model, loaded.card, {"min_area": MIN_AREA}, stack, tmp_path / "h",
                       show_progress=False)
     np.testing.assert_array_equal(read_ctc_result(tmp_path / "h").masks, masks)
 
@@ -277,7 +273,7 @@ def test_3d_folder_and_imagej_hyperstack(loaded, tmp_path):
 def test_no_track_writes_one_frame_tracks_that_validate(loaded, dataset, tmp_path):
     out = tmp_path / "r"
     options = PredictOptions(track=False)
-    (summary,) = predict_to_folder(loaded.model, loaded.description, {"min_area": MIN_AREA}, dataset / "01", out,
+    (summary,) = predict_to_folder(loaded.model, loaded.card, {"min_area": MIN_AREA}, dataset / "01", out,
                                    options, show_progress=False)
     result = read_ctc_result(out)
     assert len(result.tracks) == summary.cells == summary.tracks
@@ -298,9 +294,9 @@ def test_ray_tasks_equal_in_process_and_zarr_store_input(loaded, dataset, tmp_pa
     from celltune.data_prep.prep import prep_datasets
 
     params = {"min_area": MIN_AREA}
-    local = predict_to_folder(loaded.model, loaded.description, params, dataset, tmp_path / "local", use_ray=False,
+    local = predict_to_folder(loaded.model, loaded.card, params, dataset, tmp_path / "local", use_ray=False,
                               show_progress=False)
-    remote = predict_to_folder(loaded.model, loaded.description, params, dataset, tmp_path / "ray", use_ray=True,
+    remote = predict_to_folder(loaded.model, loaded.card, params, dataset, tmp_path / "ray", use_ray=True,
                                show_progress=False)
     assert [s.name for s in local] == [s.name for s in remote] == ["01", "02"]
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["01_RES", "02_RES"]
@@ -313,7 +309,7 @@ def test_ray_tasks_equal_in_process_and_zarr_store_input(loaded, dataset, tmp_pa
     store = tmp_path / "stores" / f"{TEST_DATASET}.zarr"
     sources, collection = find_sequences(store)
     assert collection and [(s.name, s.kind) for s in sources] == [("01", "zarr"), ("02", "zarr")]
-    predict_to_folder(loaded.model, loaded.description, params, store, tmp_path / "zarr", use_ray=True,
+    predict_to_folder(loaded.model, loaded.card, params, store, tmp_path / "zarr", use_ray=True,
                       show_progress=False)
     for seq in ("01", "02"):
         np.testing.assert_array_equal(read_ctc_result(tmp_path / "zarr" / f"{seq}_RES").masks,
@@ -338,7 +334,7 @@ def test_bad_inputs_are_one_line_errors(loaded, tmp_path, make, message):
     source = tmp_path / "in"
     make(source)
     with pytest.raises(UserInputError, match=message) as info:
-        predict_to_folder(loaded.model, loaded.description, {}, source, tmp_path / "out", show_progress=False)
+        predict_to_folder(loaded.model, loaded.card, {}, source, tmp_path / "out", show_progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -349,7 +345,7 @@ def test_unreadable_frame_mid_sequence_leaves_nothing(loaded, dataset, tmp_path)
     shutil.copytree(dataset / "01", seq)
     (seq / "t004.tif").write_bytes((seq / "t004.tif").read_bytes()[:200])  # truncated
     with pytest.raises(UserInputError, match="t004.tif"):
-        predict_to_folder(loaded.model, loaded.description, {}, seq, tmp_path / "out", show_progress=False)
+        predict_to_folder(loaded.model, loaded.card, {}, seq, tmp_path / "out", show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["01"]
 
 
@@ -357,7 +353,8 @@ def test_model_dimensions_from_training_data(tmp_path):
     from celltune.data_prep.store_format import STORE_KIND
 
     def description(*stores):
-        return {"train_config": {"data": {"stores": [str(s) for s in stores]}}}
+        return ModelCard.from_mapping({"model": {"name": "unet", "target_kind": "tertiary", "size_multiple": 16},
+                                       "train_config": {"data": {"stores": [str(s) for s in stores]}}})
 
     assert model_ndims(description("/x/Fluo-N3DH-CE.zarr")) == {3}
     assert model_ndims(description("/x/DIC-C2DH-HeLa.zarr", "/x/Fluo-N2DL-HeLa.zarr")) == {2}
@@ -376,7 +373,7 @@ def test_model_dimensions_from_training_data(tmp_path):
 def test_predict_sequence_reports_timings(loaded, dataset):
     (source,) = find_sequences(dataset / "01")[0]
     assert isinstance(source, SequenceSource)
-    outcome = predict_sequence(loaded.model, loaded.description, {"min_area": MIN_AREA}, source)
+    outcome = predict_sequence(loaded.model, loaded.card, {"min_area": MIN_AREA}, source)
     assert outcome.frames == 6 and outcome.digits == 3
     assert set(outcome.timings) == {"read", "inference", "postprocess", "tracking"}
     assert all(v >= 0 for v in outcome.timings.values())

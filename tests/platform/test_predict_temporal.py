@@ -6,20 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.synth import SynthSpec, generate_dataset
-from celltune.platform.predict import PredictOptions, find_sequences, predict_sequence
+from celltune.platform.predict_inputs import find_sequences
+from celltune.platform.predict_one import predict_sequence
+from celltune.platform.predict_options import PredictOptions
+from celltune.trainables.architectures import build_model
 from celltune.trainables.inference import activation_for
-from celltune.trainables.postprocess import DEFAULT_POSTPROCESS_PARAMS, postprocess
-from celltune.trainables.registry import build_model
+from celltune.trainables.model_card import ModelCard
+from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS, postprocess
 from celltune.trainables.temporal_inference import predict_sequence_probabilities
 
 
 def _temporal_model():
     torch.manual_seed(0)
     model = build_model("convlstm_unet", width=8, stages=4, time_window=3).eval()
-    description = {"model": {**model.celltune_config, "target_kind": model.spec.target_kind,
-                             "size_multiple": model.spec.size_multiple}, "normalization": "minmax"}
+    description = ModelCard.from_mapping({"model": {**model.celltune_config, "target_kind": model.spec.target_kind,
+                                                    "size_multiple": model.spec.size_multiple},
+                                          "normalization": "minmax"})
     return model, description
 
 
@@ -27,7 +31,7 @@ def test_batches_of_a_temporal_model_equal_one_pass_over_the_whole_sequence(tmp_
     generate_dataset(tmp_path, SynthSpec(name="Seq", ndim=2, sequences=1, frames=7, size=48, cells=3, seed=4))
     (source,), _ = find_sequences(tmp_path / "Seq" / "01")
     model, description = _temporal_model()
-    params = DEFAULT_POSTPROCESS_PARAMS[description["model"]["target_kind"]]
+    params = DEFAULT_POSTPROCESS_PARAMS[description.target_kind]
     small = predict_sequence(model, description, params, source, PredictOptions(batch_size=2, track=False))
     large = predict_sequence(model, description, params, source, PredictOptions(batch_size=16, track=False))
     assert len(small.result.masks) == 7

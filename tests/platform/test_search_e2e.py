@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,21 @@ def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_regis
                    for c in children}
     assert min(evaluations.values()) < 4 == max(evaluations.values())
 
+    # Disk budget (issue 18): one checkpoint per trial at most, none left of the stopped trials worse than the
+    # best (the pruner ran across the kill and the resume), the best's kept for registration; the disk is said.
+    best = parent.data.tags["celltune.best_trial"]
+    cut = {c.data.tags["celltune.trial_id"] for c in stopped}
+    folders = {_results(folder)[-1]["trial_id"]: folder for folder in _trial_folders(storage / "e2e")
+               if _results(folder)}
+    objective = {t: max(r["seg_mean"] for r in _results(folder) if "seg_mean" in r) for t, folder in folders.items()}
+    checkpoints = {t: sorted(folder.glob("checkpoint_*")) for t, folder in folders.items()}
+    assert cut <= set(checkpoints) and best in checkpoints
+    assert all(len(kept) <= 1 for kept in checkpoints.values()), checkpoints
+    assert len(checkpoints[best]) == 1
+    assert all(not checkpoints[t] for t in cut if objective[t] < objective[best]), (checkpoints, objective, cut)
+    assert re.search(rf"^disk: [\d.]+ [kMG]?B in {re.escape(str(storage / 'e2e'))}$", demo_search.resume_output,
+                     re.MULTILINE), demo_search.resume_output[-2000:]
+
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     assert {"search/trials.txt", "search/postprocess_thresholds.json", "search/best_config.yaml"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
@@ -125,7 +141,7 @@ def test_demo_search_killed_and_resumed_tracks_trials_stops_some_early_and_regis
         import mlflow, numpy as np
         from celltune.platform.model_registry import load_model
         loaded = load_model("models:/demo-model@candidate", {uri!r})
-        assert loaded.postprocess_params("Synth-Round") == {thresholds["per_dataset"]["Synth-Round"]!r}
+        assert loaded.card.postprocess_params("Synth-Round") == {thresholds["per_dataset"]["Synth-Round"]!r}
         mlflow.set_tracking_uri({uri!r})
         model = mlflow.pyfunc.load_model("models:/demo-model@candidate")
         frames = np.random.default_rng(0).integers(0, 255, size=(2, 64, 80)).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.platform.search_plots import search_figures, study_from_trials, trials_table
 from celltune.search_spaces.space import Parameter, ParameterSet
 

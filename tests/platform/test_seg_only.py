@@ -24,8 +24,8 @@ def gowt1(ctc_data_dir: Path, ctc_head, tmp_path: Path) -> Path:
 
 def test_seg_only_equals_the_full_evaluation_on_the_gt_frames_and_predicts_only_them(checkpoint, gowt1,
                                                                                        monkeypatch, tmp_path):
-    import celltune.platform.predict as predict
-    from celltune.platform.cli_evaluate import evaluate_model
+    import celltune.platform.predict_one as predict_one
+    from celltune.platform.model_evaluation import evaluate_model
     from celltune.platform.model_registry import load_model
     from celltune.platform.seg_only import evaluate_seg_only
 
@@ -34,13 +34,13 @@ def test_seg_only_equals_the_full_evaluation_on_the_gt_frames_and_predicts_only_
     full, _ = evaluate_model(loaded, gowt1, use_ray=False, threads=1, overrides=kept)
 
     predicted: list[int] = []
-    real = predict.frame_probabilities
+    real = predict_one.frame_probabilities
 
     def counting(model, description, images, **kwargs):
         predicted.append(len(images))
         return real(model, description, images, **kwargs)
 
-    monkeypatch.setattr(predict, "frame_probabilities", counting)
+    monkeypatch.setattr(predict_one, "frame_probabilities", counting)
     seg_only = evaluate_seg_only(loaded, gowt1, overrides=kept)
 
     gt_frames = len(list((gowt1 / f"{SEQUENCE}_GT" / "SEG").glob("man_seg*.tif")))

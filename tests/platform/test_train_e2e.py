@@ -17,7 +17,7 @@ import yaml
 
 from celltune.platform.cli import main
 from celltune.trainables.inference import activation_for, predict_probabilities
-from celltune.trainables.train_loop import load_trained_model
+from celltune.trainables.model_card import BEST_WEIGHTS, load_model_folder
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "platform" / "configs" / "demo_train.yaml"
@@ -72,11 +72,11 @@ def test_demo_training_is_tracked_in_mlflow_with_a_loadable_checkpoint(tmp_path,
     assert "config/train_config.yaml" in artifacts and "checkpoint/best_model.safetensors" in artifacts
 
     checkpoint = Path(client.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path / "dl")))
-    model, description = load_trained_model(checkpoint)
-    assert description["model"]["name"] == "xbnet"
+    model, card = load_model_folder(checkpoint, weights_names=(BEST_WEIGHTS,))
+    assert card.architecture == "xbnet"
     image = np.random.default_rng(0).random((37, 53), dtype=np.float32)
-    probs = predict_probabilities(model, image, size_multiple=description["model"]["size_multiple"],
-                                  activation=activation_for(description["model"]["target_kind"]))
+    probs = predict_probabilities(model, image, size_multiple=card.size_multiple,
+                                  activation=activation_for(card.target_kind))
     assert probs.shape == (1, 3, 37, 53)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 

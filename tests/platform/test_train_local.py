@@ -94,7 +94,7 @@ def test_local_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, expecte
     ({"num_workers": 2, "cpus_per_worker": 1}, True, None),
 ])
 def test_a_run_the_cluster_can_never_place_is_refused(resources, fixed, refused, caplog):
-    from celltune.data_prep.errors import UserInputError
+    from celltune.data_prep.common import UserInputError
     from celltune.trainables.config import TrainConfig
     from celltune.trainables.ray_train import check_schedulable
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.postprocess_study import (
     ValidationProbabilities,
     predict_validation,
@@ -26,6 +26,7 @@ from celltune.search_spaces.postprocess_study import (
 from celltune.search_spaces.space import Parameter, ParameterSet
 from celltune.trainables.config import DataConfig
 from celltune.trainables.data import load_validation_frames
+from celltune.trainables.model_card import ModelCard
 from celltune.trainables.postprocess import one_hot
 from celltune.trainables.train_loop import evaluate
 
@@ -210,34 +211,28 @@ class _BrightIsCell(nn.Module):
 @pytest.mark.ray  # the demo stores are prepared with Ray
 def test_predicted_validation_maps_score_like_the_training_evaluation(demo_stores, tmp_path):
     stores = [demo_stores / "Synth-Round.zarr", demo_stores / "Synth-Dense.zarr"]
-    description = {"model": {"target_kind": "tertiary", "size_multiple": 16}, "normalization": "percentile",
-                   "postprocess": {"min_area": 8, "hole_area": 8, "grow": 0}}
+    description = ModelCard.from_mapping({
+        "model": {"name": "bright_is_cell", "target_kind": "tertiary", "size_multiple": 16},
+        "normalization": "percentile", "postprocess": {"min_area": 8, "hole_area": 8, "grow": 0}})
     data = DataConfig(stores=stores, normalization="minmax")  # the model's own normalization must win
     model = _BrightIsCell()
     cached = predict_validation(model, description, data, dtype=np.float32)
     expected = load_validation_frames(DataConfig(stores=stores, normalization="percentile"))
     assert cached.kind == "tertiary" and list(cached.frames) == ["Synth-Round", "Synth-Dense"]
     scores, _ = evaluate(model, expected, kind="tertiary", size_multiple=16,
-                         postprocess_params=description["postprocess"], device=torch.device("cpu"))
+                         postprocess_params=description.postprocess, device=torch.device("cpu"))
     for name, frames in expected.items():
         assert len(cached.frames[name]) == len(frames) > 0
         for (probs, labels), frame in zip(cached.frames[name], frames, strict=True):
             assert probs.shape == (3, *frame.labels.shape) and probs.dtype == np.float32
             np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
             np.testing.assert_array_equal(labels, frame.labels)
-        seg = seg_score_for("tertiary", cached.frames[name], description["postprocess"])
+        seg = seg_score_for("tertiary", cached.frames[name], description.postprocess)
         assert seg == pytest.approx(scores[f"seg/{name}"], abs=1e-12) and seg > 0.3
     # The default float16 cache scores the same up to rounding at class ties.
     half = predict_validation(model, description, data)
     assert half.frames["Synth-Round"][0][0].dtype == np.float16
     for name in expected:
-        assert seg_score_for("tertiary", half.frames[name], description["postprocess"]) == \
+        assert seg_score_for("tertiary", half.frames[name], description.postprocess) == \
             pytest.approx(scores[f"seg/{name}"], abs=1e-3)
 
-
-def test_model_descriptions_without_the_model_facts_are_rejected(tmp_path):
-    data = DataConfig(stores=[tmp_path / "A.zarr"])
-    with pytest.raises(UserInputError, match="target_kind and size_multiple"):
-        predict_validation(_BrightIsCell(), {"postprocess": {}}, data)
-    with pytest.raises(UserInputError, match="size_multiple=0"):
-        predict_validation(_BrightIsCell(), {"model": {"target_kind": "tertiary", "size_multiple": 0}}, data)

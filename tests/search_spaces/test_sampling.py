@@ -13,11 +13,10 @@ import optuna
 import pytest
 from optuna.samplers import RandomSampler, TPESampler
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.sampling import (
     DefineByRun,
     apply_sample,
-    apply_values,
     decode_choice,
     define_by_run,
     encoded_choices,
@@ -26,6 +25,7 @@ from celltune.search_spaces.sampling import (
 )
 from celltune.search_spaces.space import SearchSpace, load_space
 from celltune.trainables.config import TrainConfig
+from celltune.trainables.yaml_files import set_dotted_keys
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -123,11 +123,11 @@ def test_apply_sample_by_hand(demo):
 
 def test_apply_values_replaces_sections_before_setting_deeper_keys():
     tree = {"loss": {"name": "ce", "options": {"class_weights": [1, 10, 5]}}}
-    out = apply_values(tree, {"loss.options.class_weights": [1, 1, 1], "loss": {"name": "ce_j", "options": {}}})
+    out = set_dotted_keys(tree, {"loss.options.class_weights": [1, 1, 1], "loss": {"name": "ce_j", "options": {}}})
     assert out == {"loss": {"name": "ce_j", "options": {"class_weights": [1, 1, 1]}}}
-    assert apply_values({}, {"a.b.c": 1}) == {"a": {"b": {"c": 1}}}
+    assert set_dotted_keys({}, {"a.b.c": 1}) == {"a": {"b": {"c": 1}}}
     with pytest.raises(UserInputError, match=r"^x: a is a value \(1\), not a section, so a.b cannot be set$"):
-        apply_values({"a": 1}, {"a.b": 2}, source="x")
+        set_dotted_keys({"a": 1}, {"a.b": 2}, source="x")
 
 
 def test_apply_sample_rejects_invalid_values_in_one_line(demo):

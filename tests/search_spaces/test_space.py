@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.space import load_space, shipped_spaces
 from celltune.trainables.config import TrainConfig
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from ray.tune.search.optuna import OptunaSearch
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.search_spaces.sampling import define_by_run, encode_sample
 from celltune.search_spaces.space import load_space
-from celltune.trainables.registry import list_models
+from celltune.trainables.architectures import list_models
 
 SPACE = """\
 name: t

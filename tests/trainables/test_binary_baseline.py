@@ -12,12 +12,13 @@ from pydantic import ValidationError
 from scipy import ndimage
 from skimage import morphology
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.compatibility import check_model_and_loss
 from celltune.trainables.config import TrainConfig
 from celltune.trainables.losses import build_loss, frequency_class_weights, loss_spec
-from celltune.trainables.postprocess import binary_to_instances, postprocess
-from celltune.trainables.train_loop import load_trained_model
+from celltune.trainables.model_card import BEST_WEIGHTS, load_model_folder
+from celltune.trainables.postprocess import binary_to_instances
+from celltune.trainables.target_kinds import postprocess
 
 
 def _logits(foreground_probs: list[float]) -> torch.Tensor:
@@ -162,7 +163,7 @@ def test_binary_unet_trains_on_the_demo_data(demo_stores: Path, train_in_test):
     assert result.step == 4 and len(losses) == 4
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert {"seg/Synth-Round", "seg/Synth-Dense"} <= scores.keys()
-    model, description = load_trained_model(saved)
+    model, card = load_model_folder(saved, weights_names=(BEST_WEIGHTS,))
     assert model.spec.target_kind == "binary"
-    assert description["postprocess"] == {"threshold": 0.5, "watershed": False, "min_distance": 5, "min_area": 20,
+    assert card.postprocess == {"threshold": 0.5, "watershed": False, "min_distance": 5, "min_area": 20,
                                            "closing": 1}

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from celltune.trainables.architectures import build_model
 from celltune.trainables.complexity import count_conv_macs, count_parameters
-from celltune.trainables.registry import build_model
 
 
 def test_count_parameters_by_hand():

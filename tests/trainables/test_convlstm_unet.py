@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.reader import SequenceReader
+from celltune.trainables.architectures import build_model, model_spec
 from celltune.trainables.config import AugmentConfig, DataConfig, TrainConfig
 from celltune.trainables.data import RandomCrops, dataset_frames, load_validation_frames, normalize
 from celltune.trainables.inference import predict_probabilities
 from celltune.trainables.models.convlstm_unet import ConvLSTMUNet
-from celltune.trainables.registry import build_model, model_spec
 from celltune.trainables.temporal_inference import (
     predict_sequence_probabilities,
     predict_window_probabilities,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables import inference
 from celltune.trainables.inference import activation_for, predict_probabilities, resolve_amp, resolve_device
 
@@ -129,7 +129,7 @@ def test_activation_for_target_kinds() -> None:
     assert activation_for("tertiary") == "softmax"
     assert activation_for("binary") == "softmax"
     assert activation_for("mask_marker") == "sigmoid"
-    with pytest.raises(UserInputError, match="target_kind='instance'"):
+    with pytest.raises(UserInputError, match="unknown target kind 'instance'"):
         activation_for("instance")
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from celltune.trainables.architectures import build_model
 from celltune.trainables.config import InitConfig, TrainConfig
 from celltune.trainables.init_weights import first_mismatch, is_encoder_parameter, parameter_groups
-from celltune.trainables.registry import build_model
+from celltune.trainables.model_card import CHECKPOINT_WEIGHTS, read_weights
 
 
 def _weights(model: torch.nn.Module, path: Path) -> Path:
@@ -83,7 +84,7 @@ def test_training_starts_from_the_parent_weights_and_keeps_a_frozen_encoder(demo
     parent_state = parent.state_dict()
     assert at_first_step.keys() == parent_state.keys()
     assert all(torch.equal(at_first_step[k], parent_state[k]) for k in parent_state)
-    trained = train_loop.load_weights(run.checkpoint / train_loop.MODEL_FILE)
+    trained = read_weights(run.checkpoint / CHECKPOINT_WEIGHTS)
     encoder = [k for k, _ in parent.named_parameters() if is_encoder_parameter(k)]
     decoder = [k for k, _ in parent.named_parameters() if not is_encoder_parameter(k)]
     assert all(torch.equal(trained[k], parent_state[k]) for k in encoder)

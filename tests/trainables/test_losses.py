@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.losses import (
     LossOutput,
     build_loss,

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.metrics import pixel_iou, seg_counts, seg_score
 
 

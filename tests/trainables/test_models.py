@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import OUT_CHANNELS, build_model, list_models, model_from_config
 from celltune.trainables.complexity import count_conv_macs, count_parameters
 from celltune.trainables.layers.padding import pad_to_multiple
 from celltune.trainables.models.u_se_resnet import SEResNetEncoder
-from celltune.trainables.registry import OUT_CHANNELS, build_model, list_models, model_from_config
 
 ODD_SIZE = (37, 23)
 

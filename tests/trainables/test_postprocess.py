@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.metrics import seg_counts
 from celltune.trainables.postprocess import (
-    DEFAULT_POSTPROCESS_PARAMS,
     binary_to_instances,
     mask_marker_to_instances,
     one_hot,
-    postprocess,
     tertiary_to_instances,
 )
+from celltune.trainables.target_kinds import DEFAULT_POSTPROCESS_PARAMS, postprocess
 
 
 def _touching_discs(shape=(60, 80), radius=14, centres=((30, 25), (30, 51))) -> np.ndarray:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
-from celltune.trainables.registry import (
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import (
     ModelRegistry,
     build_model,
     list_models,

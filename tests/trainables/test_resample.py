@@ -13,17 +13,18 @@ import torch
 from pydantic import ValidationError
 from scipy import ndimage
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.data_prep.targets import TERTIARY_BOUNDARY, TERTIARY_CELL, tertiary_target
-from celltune.platform.predict import model_scale
 from celltune.trainables import resample
+from celltune.trainables.architectures import build_model
 from celltune.trainables.config import AugmentConfig, DataConfig, TrainConfig
 from celltune.trainables.data import RandomCrops, dataset_frames
 from celltune.trainables.inference import predict_probabilities
 from celltune.trainables.metrics import seg_counts, seg_score
-from celltune.trainables.postprocess import one_hot, postprocess
-from celltune.trainables.registry import build_model
-from celltune.trainables.train_loop import CONFIG_FILE, WorkerContext, train
+from celltune.trainables.model_card import CARD_FILE, ModelCard
+from celltune.trainables.postprocess import one_hot
+from celltune.trainables.target_kinds import postprocess
+from celltune.trainables.train_loop import WorkerContext, train
 
 
 def _touching_cells() -> np.ndarray:
@@ -83,12 +84,16 @@ def test_scale_is_checked_per_dataset():
 
 
 def test_prediction_uses_the_factor_of_the_named_dataset_or_asks_for_one():
-    card = {"scale": {"DIC-C2DH-HeLa": 0.5, "Fluo-N2DH-SIM+": 1.0}}
-    assert model_scale(card, "DIC-C2DH-HeLa") == 0.5
-    assert model_scale({"scale": {"A": 0.5, "B": 0.5}}) == 0.5
-    assert model_scale({}) == 1.0  # models saved before data.scale existed
+    def card(scale: dict) -> ModelCard:
+        model = {"name": "unet", "target_kind": "tertiary", "size_multiple": 16}
+        return ModelCard.from_mapping({"model": model, **({"scale": scale} if scale else {})})
+
+    per_dataset = card({"DIC-C2DH-HeLa": 0.5, "Fluo-N2DH-SIM+": 1.0})
+    assert per_dataset.scale_for("DIC-C2DH-HeLa") == 0.5
+    assert card({"A": 0.5, "B": 0.5}).scale_for() == 0.5
+    assert card({}).scale_for() == 1.0  # models saved before data.scale existed
     with pytest.raises(UserInputError, match=r"DIC-C2DH-HeLa: 0.5, Fluo-N2DH-SIM\+: 1\).*--dataset NAME or --scale"):
-        model_scale(card, "Other")
+        per_dataset.scale_for("Other")
 
 
 @pytest.mark.ray  # the demo_stores fixture prepares its stores with Ray
@@ -120,7 +125,7 @@ def test_training_at_a_scale_scores_at_the_original_resolution_and_records_the_f
     # predicted labels at the size of the reference labels
     assert len(run.examples) == 2
     assert all(predicted.shape == labels.shape for _, labels, predicted in run.examples.values())
-    assert json.loads((run.checkpoint / CONFIG_FILE).read_text())["scale"] == {"Synth-Round": 0.5, "Synth-Dense": 1.0}
+    assert json.loads((run.checkpoint / CARD_FILE).read_text())["scale"] == {"Synth-Round": 0.5, "Synth-Dense": 1.0}
 
     mixed = config.model_copy(update={"training": config.training.model_copy(update={"scheme": "mix"})})
     from tqdm import tqdm

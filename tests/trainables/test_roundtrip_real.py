@@ -14,7 +14,8 @@ import tifffile
 
 from celltune.data_prep.targets import marker_erosion_for, mask_marker_target, tertiary_target
 from celltune.trainables.metrics import seg_counts, seg_score
-from celltune.trainables.postprocess import one_hot, postprocess
+from celltune.trainables.postprocess import one_hot
+from celltune.trainables.target_kinds import postprocess
 
 DATASETS = ("DIC-C2DH-HeLa", "Fluo-N2DH-GOWT1", "Fluo-N2DH-SIM+")
 

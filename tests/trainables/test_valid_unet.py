@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import build_model, model_spec, validate_model
 from celltune.trainables.config import TrainConfig
-from celltune.trainables.inference import _valid_axis_plan, predict_probabilities
+from celltune.trainables.inference import predict_probabilities
 from celltune.trainables.losses import center_crop
-from celltune.trainables.registry import build_model, model_spec, validate_model
-from celltune.trainables.train_loop import WorkerContext, crop_to_output, load_trained_model, loss_margin, train
+from celltune.trainables.model_card import BEST_WEIGHTS, load_model_folder
+from celltune.trainables.tiling import _valid_axis_plan
+from celltune.trainables.train_loop import WorkerContext, crop_to_output, loss_margin, train
 
 
 def _valid_unet(**options) -> torch.nn.Module:
@@ -197,8 +199,8 @@ def test_valid_unet_trains_on_the_demo_data_and_predicts_whole_frames(demo_store
     assert result.step == 4 and len(observer.losses) == 4
     assert all(np.isfinite(observer.losses)) and observer.losses[-1] < observer.losses[0]
     assert {"seg/Synth-Round", "seg/Synth-Dense", "seg_mean"} <= observer.scores.keys()
-    model, description = load_trained_model(saved)
-    assert description["model"]["options"]["padding"] == "valid" and model.spec.output_crop == 92
+    model, card = load_model_folder(saved, weights_names=(BEST_WEIGHTS,))
+    assert card.model.options["padding"] == "valid" and model.spec.output_crop == 92
     probs = predict_probabilities(model, np.random.default_rng(0).random((97, 130), dtype=np.float32),
                                   size_multiple=16, activation="softmax")
     assert probs.shape == (1, 3, 97, 130)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.layers.conv import ConvNormAct
 from celltune.trainables.layers.norm import NormKind
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 NormKind = Literal["batch", "group"]
 NORM_KINDS: tuple[str, ...] = ("batch", "group")

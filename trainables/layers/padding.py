@@ -12,7 +12,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 PadMode = Literal["reflect", "replicate", "constant", "circular"]
 PAD_MODES: tuple[str, ...] = ("reflect", "replicate", "constant", "circular")

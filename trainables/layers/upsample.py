@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.layers.norm import NormKind, make_norm
 
 UpsampleKind = Literal["upconv", "pixelshuffle"]

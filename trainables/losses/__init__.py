@@ -10,7 +10,7 @@ from celltune.trainables.losses.edge_bce import EdgeWeightedBCE, edge_power
 from celltune.trainables.losses.edge_weights import edge_distance_weights
 from celltune.trainables.losses.frequency_ce import FrequencyWeightedCrossEntropy, frequency_class_weights
 from celltune.trainables.losses.j_regularization import CrossEntropyJ, j_regularization_per_image
-from celltune.trainables.losses.registry import (
+from celltune.trainables.losses.loss_registry import (
     LossSpec,
     build_loss,
     list_losses,

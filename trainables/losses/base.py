@@ -8,9 +8,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.target_kinds import TARGET_KINDS as TARGET_KIND_TABLE
 
-TARGET_KINDS = ("tertiary", "mask_marker", "binary")
+TARGET_KINDS = tuple(TARGET_KIND_TABLE)
 """Target encodings a loss can consume: tertiary = (B, H, W) class ids background/boundary/cell;
 mask_marker = (B, 2, H, W) 0/1 cell mask and marker; binary = (B, H, W) class ids 0/1."""
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.losses.base import LossOutput, SegmentationLoss, weighted_mean
-from celltune.trainables.losses.registry import register_loss
+from celltune.trainables.losses.loss_registry import register_loss
 
 
 def edge_power(epoch: float, epoch_scale: float = 50.0, exponent: float = 5.0) -> float:

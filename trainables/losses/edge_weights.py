@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 
 def edge_distance_weights(labels: np.ndarray, sampling: float | Sequence[float] | None = None) -> np.ndarray:

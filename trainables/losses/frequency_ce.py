@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.losses.base import LossOutput, SegmentationLoss, weighted_mean
-from celltune.trainables.losses.registry import register_loss
+from celltune.trainables.losses.loss_registry import register_loss
 
 
 def frequency_class_weights(target: Tensor, classes: int, valid: Tensor | None = None) -> Tensor:

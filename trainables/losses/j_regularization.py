@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.losses.base import LossOutput
-from celltune.trainables.losses.registry import register_loss
+from celltune.trainables.losses.loss_registry import register_loss
 from celltune.trainables.losses.weighted_ce import DEFAULT_CLASS_WEIGHTS, WeightedCrossEntropy, class_weighted_ce
 
 

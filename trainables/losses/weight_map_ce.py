@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.losses.base import LossOutput, SegmentationLoss, weighted_mean
-from celltune.trainables.losses.registry import register_loss
+from celltune.trainables.losses.loss_registry import register_loss
 
 
 @register_loss("weight_map_ce", target_kind="binary")

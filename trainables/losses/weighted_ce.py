@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 from celltune.trainables.losses.base import LossOutput, SegmentationLoss, check_class_weights, weighted_mean
-from celltune.trainables.losses.registry import register_loss
+from celltune.trainables.losses.loss_registry import register_loss
 
 DEFAULT_CLASS_WEIGHTS = (1.0, 10.0, 5.0)
 

@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
 
 
 def check_choice(model: str, option: str, value: Any, allowed: Iterable[Any]) -> None:

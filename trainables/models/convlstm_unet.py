@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import OUT_CHANNELS, TargetKindName, register_model
 from celltune.trainables.layers.conv import ConvNormAct, DoubleConv
 from celltune.trainables.layers.norm import NORM_KINDS, NormKind
 from celltune.trainables.layers.padding import check_size_multiple
 from celltune.trainables.layers.upsample import UpConv
 from celltune.trainables.models._options import check_choice, check_int
-from celltune.trainables.registry import OUT_CHANNELS, TargetKind, register_model
 
 STAGES = (4, 5, 6)
 
@@ -167,7 +167,7 @@ def _size_multiple(options: Mapping[str, Any]) -> int:
 
 @register_model(size_multiple=_size_multiple)
 def convlstm_unet(*, time_window: int = 5, stages: int = 5, width: int = 32, norm: NormKind = "batch",
-                  target_kind: TargetKind = "tertiary") -> ConvLSTMUNet:
+                  target_kind: TargetKindName = "tertiary") -> ConvLSTMUNet:
     """Temporal U-Net fed `time_window` consecutive frames, predicting the last; see `ConvLSTMUNet`."""
     return ConvLSTMUNet(in_channels=1, out_channels=OUT_CHANNELS[target_kind], time_window=time_window,
                         stages=stages, width=width, norm=norm)

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import OUT_CHANNELS, register_model
 from celltune.trainables.layers.conv import ConvNormAct
 from celltune.trainables.layers.padding import check_size_multiple
 from celltune.trainables.layers.se import SqueezeExcite
 from celltune.trainables.models._options import check_int
-from celltune.trainables.registry import OUT_CHANNELS, register_model
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from celltune.data_prep.errors import UserInputError
+from celltune.data_prep.common import UserInputError
+from celltune.trainables.architectures import OUT_CHANNELS, TargetKindName, register_model, register_variant
 from celltune.trainables.layers.aspp import ASPP
 from celltune.trainables.layers.conv import DoubleConv, EntryFlow
 from celltune.trainables.layers.downsample import DOWNSAMPLE_KINDS, DownsampleKind, make_downsample
@@ -28,7 +29,6 @@ from celltune.trainables.layers.norm import NORM_KINDS, NormKind, make_norm
 from celltune.trainables.layers.padding import check_size_multiple
 from celltune.trainables.layers.upsample import UPSAMPLE_KINDS, UpsampleKind, make_upsample
 from celltune.trainables.models._options import check_bool, check_choice, check_int
-from celltune.trainables.registry import OUT_CHANNELS, TargetKind, register_model, register_variant
 
 STAGES = (5, 6)
 Padding = Literal["same", "valid"]
@@ -245,7 +245,7 @@ def unet(
     aspp: bool = False,
     entry_flow: bool = False,
     padding: Padding = "same",
-    target_kind: TargetKind = "tertiary",
+    target_kind: TargetKindName = "tertiary",
 ) -> UNet:
     """Generalized U-Net; defaults give the original U-Net with BatchNorm and "same" padding, `padding="valid"`
     the published unpadded one. See `UNet` for the options."""

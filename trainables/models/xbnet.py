@@ -11,13 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from celltune.trainables.architectures import OUT_CHANNELS, TargetKindName, register_model
 from celltune.trainables.layers.aspp import ASPP
 from celltune.trainables.layers.conv import ConvNormAct, EntryFlow
 from celltune.trainables.layers.dense import ResidualDenseBlock
 from celltune.trainables.layers.padding import check_size_multiple
 from celltune.trainables.layers.upsample import PixelShuffleUp
 from celltune.trainables.models._options import check_int
-from celltune.trainables.registry import OUT_CHANNELS, TargetKind, register_model
 
 SIZE_MULTIPLE = 16  # four down-samplings
 
@@ -91,7 +91,7 @@ class XBNet(nn.Module):
 
 
 @register_model(size_multiple=SIZE_MULTIPLE)
-def xbnet(*, width: int = 32, target_kind: TargetKind = "tertiary") -> XBNet:
+def xbnet(*, width: int = 32, target_kind: TargetKindName = "tertiary") -> XBNet:
     """XB-Net as published (width 32, tertiary head); see `XBNet`. ``target_kind="mask_marker"`` swaps the head for
     U-SE-ResNet's two sigmoid channels (cell mask and marker, separated by watershed)."""
     return XBNet(in_channels=1, out_channels=OUT_CHANNELS[target_kind], width=width)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.errors import UserInputError, did_you_mean
+from celltune.data_prep.common import UserInputError, did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from celltune.data_prep.errors import UserInputError, did_you_mean
+from celltune.data_prep.common import UserInputError, did_you_mean
 from celltune.trainables.losses.base import TARGET_KINDS, SegmentationLoss
 
 _LOSSES: dict[str, type[SegmentationLoss]] = {}
@@ -44,10 +44,14 @@ def list_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
+def unknown_loss_message(name: str) -> str:
+    hint = f"; {suggestion}" if (suggestion := did_you_mean(name, _LOSSES)) else ""
+    return f"unknown loss {name!r}{hint} available: {', '.join(list_losses())}"
+
+
 def _lookup(name: str) -> type[SegmentationLoss]:
     if name not in _LOSSES:
-        hint = f"; {suggestion}" if (suggestion := did_you_mean(name, _LOSSES)) else ""
-        raise UserInputError(f"unknown loss {name!r}{hint} available: {', '.join(list_losses())}")
+        raise UserInputError(unknown_loss_message(name))
     return _LOSSES[name]
 
 

@@ -33,20 +33,20 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from celltune.data_prep.errors import UserInputError, did_you_mean
+from celltune.data_prep.common import UserInputError, did_you_mean
+from celltune.trainables.target_kinds import TARGET_KINDS as TARGET_KIND_TABLE
 
 logger = logging.getLogger(__name__)
 
-TargetKind = Literal["tertiary", "mask_marker", "binary"]
-# Output channels per target kind: tertiary = softmax over background/boundary/cell, mask_marker = two sigmoid
-# channels (cell mask, cell marker), binary = softmax over background/cell.
-OUT_CHANNELS: dict[str, int] = {"tertiary": 3, "mask_marker": 2, "binary": 2}
-TARGET_KINDS: tuple[str, ...] = tuple(OUT_CHANNELS)
+TargetKindName = str  # a key of celltune.trainables.target_kinds.TARGET_KINDS
+# Output channels per target kind (the kinds' table says what each channel is).
+OUT_CHANNELS: dict[str, int] = {name: kind.channels for name, kind in TARGET_KIND_TABLE.items()}
+TARGET_KINDS: tuple[str, ...] = tuple(TARGET_KIND_TABLE)
 
 SizeMultiple = int | Callable[[Mapping[str, Any]], int]
 OptionalSize = int | Callable[[Mapping[str, Any]], int] | None
@@ -133,7 +133,7 @@ class ModelSpec:
 class _Entry:
     name: str
     builder: Callable[..., nn.Module]
-    target_kind: TargetKind | None
+    target_kind: TargetKindName | None
     in_channels: int
     size_multiple: SizeMultiple
     defaults: dict[str, Any]
@@ -141,6 +141,7 @@ class _Entry:
     base: str
     output_crop: SizeMultiple = 0
     min_input_size: OptionalSize = None
+    trainable: bool = True
 
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
         for key in options:
@@ -192,12 +193,13 @@ class ModelRegistry:
         builder: Callable[..., nn.Module],
         *,
         size_multiple: SizeMultiple,
-        target_kind: TargetKind | None = None,
+        target_kind: TargetKindName | None = None,
         in_channels: int = 1,
         init_only: Iterable[str] = (),
         name: str | None = None,
         output_crop: SizeMultiple = 0,
         min_input_size: OptionalSize = None,
+        trainable: bool = True,
     ) -> Callable[..., nn.Module]:
         """Register `builder` under `name` (default: its function name); see `register_model`."""
         name = name or builder.__name__
@@ -212,7 +214,7 @@ class ModelRegistry:
         if not init <= defaults.keys():
             raise TypeError(f"model {name!r}: init_only names unknown options {sorted(init - defaults.keys())}")
         entry = _Entry(name, builder, target_kind, in_channels, size_multiple, defaults, init, base=name,
-                       output_crop=output_crop, min_input_size=min_input_size)
+                       output_crop=output_crop, min_input_size=min_input_size, trainable=trainable)
         entry.spec({})  # fail at import time if the defaults themselves are inconsistent
         self._entries[name] = entry
         return builder
@@ -243,11 +245,11 @@ class ModelRegistry:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UserInputError(unknown_name("model", name, self._entries)) from None
+            raise UserInputError(unknown_name("model", name, self.names())) from None
 
     def names(self) -> list[str]:
-        """Sorted registered names."""
-        return sorted(self._entries)
+        """Sorted names of the architectures a config can train (not composites such as ``ensemble``)."""
+        return sorted(name for name, entry in self._entries.items() if entry.trainable)
 
     def spec(self, name: str, **options: Any) -> ModelSpec:
         """`ModelSpec` of `name` with `options` over its defaults."""
@@ -304,12 +306,13 @@ def _registry() -> ModelRegistry:
 def register_model(
     *,
     size_multiple: SizeMultiple,
-    target_kind: TargetKind | None = None,
+    target_kind: TargetKindName | None = None,
     in_channels: int = 1,
     init_only: Iterable[str] = (),
     name: str | None = None,
     output_crop: SizeMultiple = 0,
     min_input_size: OptionalSize = None,
+    trainable: bool = True,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder in the shared registry.
 
@@ -328,6 +331,8 @@ def register_model(
             function of the resolved options; 0 for "same"-padded models.
         min_input_size: smallest valid input side when `output_crop > 0` (valid sides are `min_input_size + k *
             size_multiple`), or a function of the options; None = `size_multiple`.
+        trainable: False for a composite of trained models (``ensemble``): it rebuilds and predicts, but
+            configs cannot train it and `list_models` leaves it out.
     """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -340,6 +345,7 @@ def register_model(
             name=name,
             output_crop=output_crop,
             min_input_size=min_input_size,
+            trainable=trainable,
         )
 
     return decorate
@@ -351,7 +357,7 @@ def register_variant(name: str, base: str, **overrides: Any) -> None:
 
 
 def list_models() -> list[str]:
-    """Sorted names of every registered model and variant."""
+    """Sorted names of every trainable registered model and variant."""
     return _registry().names()
 
 
@@ -387,6 +393,9 @@ def validate_model(name: str, **options: Any) -> ModelSpec:
     Raises:
         UserInputError: unknown name or option, or an invalid option value.
     """
+    if not _registry().entry(name).trainable:
+        raise UserInputError(f"model {name!r} is made from trained models (a search registers it); it cannot be "
+                             f"trained: choose one of {', '.join(list_models())}")
     with torch.device("meta"):
         return build_model(name, **options).spec
 
