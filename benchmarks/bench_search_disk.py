@@ -14,7 +14,7 @@ The bound, with ``C`` completed trials (never pruned), ``k`` = ``checkpoints_to_
   the oldest).
 
 The folder's other files (Tune's results, states and logs, kilobytes per trial) are shown beside it. The last line
-estimates what the same trials would have left before issue 18 (2 checkpoints per trial, none deleted).
+says what the same trials would have left before issue 18 (2 checkpoints per trial, none deleted), at most.
 
     .venv/bin/python benchmarks/bench_search_disk.py [--trials 50] [--epochs 4] [--steps 2] [--max-concurrent 2]
 """
@@ -111,8 +111,8 @@ def format_report(*, trials: int, completed: int, stopped: int, failed: int, end
              "concurrent x (checkpoints_to_keep + 1) x checkpoint"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
               for row in cells]
-    lines.append(f"before issue 18 (2 checkpoints per trial, none deleted), estimated: {unpruned_checkpoints} "
-                 f"checkpoints, {format_bytes(unpruned_checkpoints * size)}")
+    lines.append(f"before issue 18 (2 checkpoints per trial, none deleted): {unpruned_checkpoints} checkpoints, "
+                 f"up to {format_bytes(unpruned_checkpoints * size)}")
     return lines
 
 
@@ -130,6 +130,7 @@ def main() -> None:
 
     # Tune warns about frequent experiment snapshots when short trials checkpoint every epoch; expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # whose verbose=0 is silent, like `celltune search`
     from celltune.data_prep.ray_session import ensure_ray
     from celltune.platform.demo import run_demo
     from celltune.platform.search_run import resolve_stores

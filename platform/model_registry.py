@@ -241,17 +241,22 @@ def register_checkpoint(checkpoint_dir: Path, *, name: str, run_id: str, trackin
 
 
 def _cost_tags(card: ModelCard) -> dict[str, str]:
-    """``celltune.params`` and ``celltune.gmac_512`` (convolution GMac per 512x512 frame), counted on the meta
-    device (no weights, no compute); empty, with a log line, for a model that cannot be traced so."""
+    """``celltune.params`` and ``celltune.gmac_512`` (convolution GMac per 512x512 frame, counted on the meta
+    device), and ``celltune.cpu_frames_per_s`` (512x512 frames per second on this machine's CPU, with the thread
+    count in ``celltune.cpu_threads``); empty, with a log line, for a model that cannot be traced or run so."""
+    import torch
+
     from celltune.trainables.architectures import model_from_config
-    from celltune.trainables.complexity import model_cost
+    from celltune.trainables.complexity import cpu_frames_per_second, model_cost
 
     try:
         cost = model_cost(model_from_config(card.model.registry_config()))
+        speed = cpu_frames_per_second(model_from_config(card.model.registry_config()))
     except Exception as exc:  # a cost is a nicety; never fail a registration over it
         logger.warning("no cost tags for %s: %s", card.architecture, exc)
         return {}
-    return {"celltune.params": str(int(cost["params"])), "celltune.gmac_512": f"{cost['gmac_512']:.3f}"}
+    return {"celltune.params": str(int(cost["params"])), "celltune.gmac_512": f"{cost['gmac_512']:.3f}",
+            "celltune.cpu_frames_per_s": f"{speed:.3g}", "celltune.cpu_threads": str(torch.get_num_threads())}
 
 
 def _input_example(card: ModelCard):

@@ -29,6 +29,7 @@ TAG_POSTPROCESS = "celltune.postprocess"
 TAG_NORMALIZATION = "celltune.normalization"
 TAG_PARAMS = "celltune.params"
 TAG_GMAC = "celltune.gmac_512"
+TAG_CPU_SPEED = "celltune.cpu_frames_per_s"
 TAG_KEY_SETTINGS = "celltune.key_settings"
 TAG_SEARCH = "celltune.search"
 TAG_TRIAL = "celltune.trial_id"
@@ -143,6 +144,11 @@ class VersionView:
     def gmac(self) -> float | None:
         """Convolution GMac per 512x512 frame."""
         return _float_tag(self.tags, TAG_GMAC)
+
+    @property
+    def cpu_speed(self) -> float | None:
+        """512x512 frames per second on the CPU of the machine that registered the version."""
+        return _float_tag(self.tags, TAG_CPU_SPEED)
 
     @property
     def postprocess(self) -> dict[str, Any]:
@@ -384,13 +390,13 @@ def format_compare(views: Sequence[VersionView]) -> str:
     for view in views:
         settings += [key for key in view.key_settings if key not in settings]
     header = ["version", "aliases", "architecture", "seg_mean", *(f"seg/{d}" for d in datasets), "params",
-              "GMac/512px", *settings]
+              "GMac/512px", "CPU frames/s", *settings]
     rows = []
     for view in views:
         metrics, chosen = view.metrics, view.key_settings
         rows.append([str(view.version), _aliases_text(view.aliases), view.architecture or _MISSING,
                      format_value(view.seg_mean), *(format_value(metrics.get(f"seg/{d}")) for d in datasets),
-                     _millions(view.params), format_value(view.gmac),
+                     _millions(view.params), format_value(view.gmac), format_value(view.cpu_speed),
                      *(format_value(chosen.get(key)) for key in settings)])
     return format_table(header, rows)
 
@@ -402,4 +408,5 @@ def _millions(count: float | None) -> str:
 def _cost_text(view: VersionView) -> str:
     if view.params is None and view.gmac is None:
         return _MISSING
-    return f"{_millions(view.params)} parameters, {format_value(view.gmac)} GMac per 512x512 frame"
+    text = f"{_millions(view.params)} parameters, {format_value(view.gmac)} GMac per 512x512 frame"
+    return text if view.cpu_speed is None else f"{text}, {format_value(view.cpu_speed)} frames/s on CPU"

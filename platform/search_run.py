@@ -468,19 +468,20 @@ def _finish_best(result: SearchResult, space: SearchSpace, client, hooks: Mlflow
     """Tune the best model's thresholds on cached validation probabilities, then register it (once)."""
     best = result.best
     with tempfile.TemporaryDirectory(prefix="celltune-best-") as scratch:
-        checkpoint_dir = Path(best.checkpoint.to_directory(scratch))  # local copy, also from s3:// storage
+        checkpoint_dir = Path(best.checkpoint.to_directory(str(Path(scratch) / "best")))  # also from s3://
         _tune_and_register(result, space, client, hooks, model_name, checkpoint_dir, seed=seed,
-                           show_progress=show_progress)
+                           show_progress=show_progress, scratch=Path(scratch))
 
 
 def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: MlflowTrialHooks, model_name: str,
-                       checkpoint_dir: Path, *, seed: int, show_progress: bool) -> None:
+                       checkpoint_dir: Path, *, seed: int, show_progress: bool, scratch: Path) -> None:
     parent = client.get_run(result.parent_run_id)
     best = result.best
     loaded = load_model(str(checkpoint_dir))
     card = loaded.card
     config = TrainConfig.model_validate(card.train_config)
     start = dict(card.postprocess)
+    chosen_dir, choice_tags = checkpoint_dir, {}
     if space.postprocess is not None:
         from celltune.search_spaces.postprocess_study import (
             ValidationProbabilities,
@@ -496,9 +497,20 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
         else:
             probabilities = predict_validation(loaded.model, card, config.data, show_progress=show_progress)
             probabilities.save(cache)
-        choice = tune_postprocess(probabilities, space.postprocess.for_target_kind(card.target_kind),
-                                  trials=space.postprocess.trials, start_params=start, seed=seed,
+        if space.postprocess.chooses_model:  # the best alone, or ensembles of the best trials, with/without TTA
+            from celltune.platform.search_ensemble import choose_model
+
+            picked = choose_model(result.trials, best, checkpoint_dir, probabilities, space, scratch, seed=seed,
                                   show_progress=show_progress)
+            choice, chosen_dir = picked.chosen.choice, picked.folder
+            choice_tags = {"celltune.ensemble_members": str(picked.chosen.members),
+                           "celltune.tta": str(picked.chosen.tta).lower()}
+            RunLogger(result.tracking_uri, result.parent_run_id).log_dict(picked.table(),
+                                                                          "search/model_options.json")
+        else:
+            choice = tune_postprocess(probabilities, space.postprocess.for_target_kind(card.target_kind),
+                                      trials=space.postprocess.trials, start_params=start, seed=seed,
+                                      show_progress=show_progress)
         default, per_dataset, scores = choice.default, choice.per_dataset, dict(choice.scores)
         _log_threshold_study(RunLogger(result.tracking_uri, result.parent_run_id), choice)
     else:
@@ -520,10 +532,10 @@ def _tune_and_register(result: SearchResult, space: SearchSpace, client, hooks: 
     if child is None:
         raise RuntimeError(f"the best trial {best.trial_id} has no MLflow run under search run {result.parent_run_id}")
     version = register_checkpoint(
-        checkpoint_dir, name=model_name, run_id=child, tracking_uri=result.tracking_uri,
+        chosen_dir, name=model_name, run_id=child, tracking_uri=result.tracking_uri,
         postprocess_default=default, postprocess_per_dataset=per_dataset, metrics=scores,
         tags={"celltune.search": result.name, "celltune.search_run_id": result.parent_run_id,
-              "celltune.trial_id": best.trial_id},
+              "celltune.trial_id": best.trial_id, **choice_tags},
     )
     client.set_tag(result.parent_run_id, REGISTERED_TAG, f"{model_name}/{version.version}")
     result.registered_name, result.registered_version = model_name, str(version.version)

@@ -225,6 +225,9 @@ class EarlyStopping(_Strict):
 class PostprocessStudyFile(_Strict):
     trials: PositiveInt = 30
     parameters: dict[str, Parameter] = Field(min_length=1)
+    ensemble_members: PositiveInt = Field(1, description="the largest ensemble of the best trials to try; 1: the "
+                                                         "single best model")
+    tta: bool = Field(False, description="also try test-time augmentation (8x the inference time)")
 
 
 class SpaceFile(_Strict):
@@ -345,6 +348,13 @@ class PostprocessStudy:
 
     trials: int
     parameters: ParameterSet
+    ensemble_members: int = 1  # the largest ensemble of the best trials tried (1: the best model alone)
+    tta: bool = False  # test-time augmentation as another choice
+
+    @property
+    def chooses_model(self) -> bool:
+        """Whether the study also chooses between the single best model, ensembles and TTA."""
+        return self.ensemble_members > 1 or self.tta
 
     def for_target_kind(self, target_kind: str) -> ParameterSet:
         """The parameters that the post-processing of ``target_kind`` models accepts."""
@@ -449,7 +459,8 @@ def load_space(
     post = None
     if spec.postprocess is not None:
         post = PostprocessStudy(spec.postprocess.trials,
-                                ParameterSet.build(spec.postprocess.parameters, f"{source}: postprocess.parameters"))
+                                ParameterSet.build(spec.postprocess.parameters, f"{source}: postprocess.parameters"),
+                                ensemble_members=spec.postprocess.ensemble_members, tta=spec.postprocess.tta)
 
 
     tree = _base_tree(spec, path, base)

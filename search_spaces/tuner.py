@@ -248,7 +248,7 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
         budget_s = base.training.max_minutes * 60 if base.training.max_minutes else None
         callbacks.append(CheckpointPruner(storage_path=settings.storage_path, search_name=settings.name,
                                           metric=objective.metric, mode=objective.mode, full_evaluations=max_t,
-                                          budget_s=budget_s, keep_best=settings.keep_best))
+                                          budget_s=budget_s, keep_best=keep_best_for(space, settings)))
     else:
         scheduler = FIFOScheduler()
     budget = f", {base.training.max_minutes:g} min each" if base.training.max_minutes else ""
@@ -280,6 +280,13 @@ def _restored_checkpoints_to_keep(tuner) -> int | None:
         return None
     kept = getattr(checkpoint_config, "num_to_keep", None)
     return kept if isinstance(kept, int) and kept >= 1 else None
+
+
+def keep_best_for(space: SearchSpace, settings: SearchSettings) -> int:
+    """How many of the best trials keep their checkpoints: the settings' number, or all the members the space's
+    ensemble choice may average."""
+    members = space.postprocess.ensemble_members if space.postprocess is not None else 1
+    return max(settings.keep_best, members)
 
 
 def checkpoint_of(result):

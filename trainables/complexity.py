@@ -82,3 +82,25 @@ def model_cost(model: nn.Module) -> dict[str, float]:
     time_window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
     shape = (1, time_window, 1, COST_SIDE, COST_SIDE) if time_window > 1 else (1, 1, COST_SIDE, COST_SIDE)
     return {"params": float(count_parameters(model)), "gmac_512": count_conv_macs(model, shape) / 1e9}
+
+
+def cpu_frames_per_second(model: nn.Module, *, side: int = COST_SIDE, repeats: int = 2) -> float:
+    """Forward passes per second of one ``side`` x ``side`` frame on this machine's CPU with torch's current
+    threads (after one warm-up pass): the speed a user without a GPU gets, recorded next to the cost counts.
+    A figure of the machine that measured it: compare versions measured on the same one."""
+    import time
+
+    time_window = int(getattr(getattr(model, "spec", None), "time_window", 1) or 1)
+    shape = (1, time_window, 1, side, side) if time_window > 1 else (1, 1, side, side)
+    frame = torch.rand(shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(frame)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                model(frame)
+            return repeats / (time.perf_counter() - started)
+    finally:
+        model.train(was_training)

@@ -8,7 +8,7 @@ further), so a run cut short by its budget still warms up and anneals completely
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch.optim.lr_scheduler import (
@@ -19,7 +19,9 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-SCHEDULES = ("constant", "cosine", "warm_restarts", "step", "one_cycle")
+from celltune.trainables.config import SchedulerConfig
+
+SCHEDULES: tuple[str, ...] = get_args(SchedulerConfig.model_fields["name"].annotation)  # the config names them
 ONE_CYCLE_START = 1 / 25  # one-cycle warm-up starts at lr / 25 (Smith and Topin, 2019; torch's OneCycleLR)
 
 

@@ -42,8 +42,9 @@ def _tags(seg_mean, seg, architecture, crop, cost=None) -> dict[str, str]:
     }
     if seg_mean is not None:
         tags["celltune.seg_mean"] = str(seg_mean)
-    if cost is not None:  # parameters and GMac per 512x512 frame, as registration records them
+    if cost is not None:  # parameters, GMac per 512x512 frame and CPU frames/s, as registration records them
         tags["celltune.params"], tags["celltune.gmac_512"] = str(cost[0]), str(cost[1])
+        tags["celltune.cpu_frames_per_s"] = "2.5"
     return tags
 
 
@@ -169,14 +170,15 @@ def test_compare_puts_versions_side_by_side(store, capsys):
     code, out, _ = _run(capsys, "compare", "cells", "--tracking-uri", store)
     assert code == 0
     assert out.splitlines()[0].split() == ["version", "aliases", "architecture", "seg_mean", f"seg/{HELA}",
-                                           f"seg/{SIM}", "params", "GMac/512px", "crop", "datasets", "epochs",
-                                           "loss", "lr", "scheduler", "scheme"]
+                                           f"seg/{SIM}", "params", "GMac/512px", "CPU", "frames/s", "crop",
+                                           "datasets", "epochs", "loss", "lr", "scheduler", "scheme"]
     rows = _rows(out)
-    assert rows["1"][:9] == ["1", "champion", "xbnet", "0.8120", "0.7000", "0.9240", "11.38M", "98.5000", "256"]
-    assert rows["2"][:9] == ["2", "candidate", "unet", "0.7740", "0.6500", "0.8980", "-", "-", "512"]
-    assert rows["3"][:9] == ["3", "-", "xbnet", "0.8300", "0.7400", "0.9200", "-", "-", "384"]
+    assert rows["1"][:10] == ["1", "champion", "xbnet", "0.8120", "0.7000", "0.9240", "11.38M", "98.5000", "2.5000",
+                              "256"]
+    assert rows["2"][:10] == ["2", "candidate", "unet", "0.7740", "0.6500", "0.8980", "-", "-", "-", "512"]
+    assert rows["3"][:10] == ["3", "-", "xbnet", "0.8300", "0.7400", "0.9200", "-", "-", "-", "384"]
     assert rows["4"][:4] == ["4", "-", "xbnet", "-"]
-    assert rows["1"][9:] == ["DIC-C2DH-HeLa,Fluo-N2DH-SIM+", "30", "ce", "0.0001", "cosine", "acc"]
+    assert rows["1"][10:] == ["DIC-C2DH-HeLa,Fluo-N2DH-SIM+", "30", "ce", "0.0001", "cosine", "acc"]
 
 
 def test_promote_moves_alias_and_records_who_when_why(store, capsys):

@@ -70,8 +70,8 @@ def test_the_demo_on_a_terminal_draws_live_views_and_keeps_the_noise_in_its_log(
             break
         chunks.append(chunk)
     os.close(controller)
-    assert demo.wait(timeout=900) == 0
     out = b"".join(chunks).decode(errors="replace")
+    assert demo.wait(timeout=900) == 0, out[-3000:]
     # a terminal turns every newline into \r\n; a redraw is a carriage return or cursor move without one
     assert re.search(r"\r(?!\n)|\x1b\[", out), "no live view redrawn on a terminal"
     assert "registered models:/celltune-demo/1 (alias candidate" in out

@@ -63,6 +63,7 @@ def test_registered_version_carries_tags_alias_and_loads_by_alias_and_version(re
     unet = build_model("unet", width=8)  # what it costs beside what it scores
     assert int(tags["celltune.params"]) == count_parameters(unet)
     assert float(tags["celltune.gmac_512"]) == pytest.approx(count_conv_macs(unet, (1, 1, 512, 512)) / 1e9, abs=1e-3)
+    assert float(tags["celltune.cpu_frames_per_s"]) > 0 and int(tags["celltune.cpu_threads"]) >= 1
 
     by_alias = load_model("models:/cells@candidate", uri)
     by_version = load_model("models:/cells/1", uri)

@@ -68,3 +68,11 @@ def test_averaging_independent_errors_is_chosen_when_it_scores_better():
     assert [(o.members, o.tta) for o in options] == [(1, False), (2, False), (3, False)]  # no TTA maps given
     assert options[2].seg_mean > options[0].seg_mean  # noise averages out
     assert best.members > 1 and best.label.startswith("top-")
+
+
+def test_the_demo_space_asks_its_search_to_choose_among_ensembles_and_tta(tmp_path):
+    from celltune.search_spaces.space import load_space
+
+    study = load_space("demo", stores_dir=tmp_path).postprocess
+    assert (study.ensemble_members, study.tta, study.chooses_model) == (2, True, True)
+    assert not load_space("cpu_universal", stores_dir=tmp_path).postprocess.chooses_model  # CI-sized smoke runs
