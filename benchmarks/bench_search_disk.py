@@ -6,7 +6,8 @@ steps), with ``checkpoints_to_keep`` per trial and the checkpoint pruner of
 prints, at the end of the search and at the peak while trials ran: the trials, how many checkpoint folders are
 left, their bytes, the whole folder's bytes, and the bound with the ratio checkpoint bytes / bound.
 
-The bound, with ``C`` completed trials (never pruned), ``k`` = ``checkpoints_to_keep``, ``b`` = ``keep_best``,
+The bound, with ``C`` completed trials (never pruned), ``k`` = ``checkpoints_to_keep``, ``b`` = the best trials kept
+(``keep_best``, or the space's ``postprocess.ensemble_members`` when larger: 2 in the demo space),
 ``m`` = trials at once and ``S`` the largest checkpoint seen:
 
 * at the end: ``(C + b) x k x S`` (stopped trials keep theirs only while among the ``b`` best);
@@ -123,7 +124,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="training.steps_per_epoch")
     parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once (1 CPU each)")
     parser.add_argument("--keep-checkpoints", type=int, default=1, help="checkpoints kept per trial")
-    parser.add_argument("--keep-best", type=int, default=1, help="stopped trials kept when among the best")
+    parser.add_argument("--keep-best", type=int, default=1,
+                        help="stopped trials kept when among the best (at least the space's ensemble_members)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None, help="demo data and Tune storage (default: temp)")
     args = parser.parse_args()
@@ -136,7 +138,13 @@ def main() -> None:
     from celltune.platform.search_run import resolve_stores
     from celltune.search_spaces.checkpoint_pruning import ran_full_length
     from celltune.search_spaces.space import load_space
-    from celltune.search_spaces.tuner import SearchSettings, build_tuner, evaluations_per_trial, experiment_path
+    from celltune.search_spaces.tuner import (
+        SearchSettings,
+        build_tuner,
+        evaluations_per_trial,
+        experiment_path,
+        keep_best_for,
+    )
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="celltune-bench-disk-"))
     stores = run_demo(work, show_progress=False).stores
@@ -160,7 +168,7 @@ def main() -> None:
     evaluations = [int((result.metrics or {}).get("training_iteration", 0) or 0) for result in results]
     report = format_report(trials=len(results), completed=completed, stopped=len(results) - completed - failed,
                            failed=failed, end=sample_disk(experiment), peak=watch.peak, keep=args.keep_checkpoints,
-                           keep_best=args.keep_best, concurrent=args.max_concurrent,
+                           keep_best=keep_best_for(space, settings), concurrent=args.max_concurrent,
                            unpruned_checkpoints=sum(min(2, n) for n in evaluations), wall_s=wall_s)
     import ray
 

@@ -56,6 +56,7 @@ def choose_model(trials, best, best_folder: Path, best_probabilities: Validation
 
     candidates = [Candidate(best.trial_id, best_probabilities, tta_maps(best_model, best_card))]
     folders = [best_folder]
+    chosen_trials = []  # the trials after the best that joined the candidates, in order
     sign = -1.0 if space.objective.mode == "max" else 1.0
     others = sorted((t for t in trials if t is not best and t.checkpoint is not None and t.objective is not None),
                     key=lambda t: sign * t.objective)
@@ -75,9 +76,12 @@ def choose_model(trials, best, best_folder: Path, best_probabilities: Validation
         plain = predict_validation(model, card, data, show_progress=show_progress)
         candidates.append(Candidate(trial.trial_id, plain, tta_maps(model, card)))
         folders.append(folder)
+        chosen_trials.append(trial)
+    costs = [t.gmac if t.gmac is not None else float("inf") for t in [best, *chosen_trials]]
     chosen, options = choose_ensemble(candidates, study.for_target_kind(best_card.target_kind),
                                       start_params=best_card.postprocess, max_members=study.ensemble_members,
-                                      trials=study.trials, seed=seed, show_progress=show_progress)
+                                      trials=study.trials, seed=seed, costs=costs,
+                                      max_cost=space.objective.max_gmac, show_progress=show_progress)
     folder = best_folder
     if chosen.members > 1 or chosen.tta:
         folder = scratch / "chosen-model"

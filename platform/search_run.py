@@ -39,6 +39,7 @@ from celltune.platform.tracking import experiment_id as experiment_id_of
 from celltune.platform.train_run import check_run_name
 from celltune.platform.trials_view import TrialsView
 from celltune.search_spaces.checkpoint_pruning import folder_bytes, format_bytes
+from celltune.search_spaces.cost_bound import best_within, pareto_front, trial_gmac
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
     SearchSettings,
@@ -144,6 +145,8 @@ class TrialRow:
     sample: dict[str, Any]
     checkpoint: Any  # ray.tune.Checkpoint (local or remote storage) or None
     error: str | None = None
+    gmac: float | None = None  # convolution GMac per 512x512 frame of the trial's network
+    pareto: bool = False  # on the front of the objective against gmac
 
     def as_row(self, objective_name: str) -> dict[str, Any]:
         return {"trial": self.trial_id, "status": self.status, "evaluations": self.evaluations,
@@ -278,6 +281,8 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
             raise SearchInterrupted(f"search {name} stopped with trials unfinished; continue it with "
                                     f"--name {name} --resume")
         rows = _trial_rows(grid, space)
+        for row in pareto_rows(rows, space):
+            row.pareto = True
         _close_child_runs(client, hooks, rows)
         best = _best_trial(rows, space)
         result = SearchResult(name=name, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
@@ -401,18 +406,38 @@ def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         rows.append(TrialRow(trial_id=str(trial_id), status=status, evaluations=evaluations, objective=objective,
                              sample=dict(result.config or {}), checkpoint=checkpoint_of(result),
-                             error=None if result.error is None else one_line(result.error, 500)))
+                             error=None if result.error is None else one_line(result.error, 500),
+                             gmac=_trial_gmac(space, dict(result.config or {}))))
     return sorted(rows, key=lambda row: row.trial_id)
 
 
 
 
-def _best_trial(rows: list[TrialRow], space: SearchSpace) -> TrialRow | None:
-    scored = [row for row in rows if row.objective is not None and row.checkpoint is not None]
-    if not scored:
+def _trial_gmac(space: SearchSpace, sample: dict[str, Any]) -> float | None:
+    try:
+        return trial_gmac(space.base_tree, sample)
+    except Exception as exc:  # a cost is a nicety unless the space bounds it (then the trial cannot be chosen)
+        logger.warning("no cost for a trial of %s: %s", space.name, one_line(exc))
         return None
-    pick = max if space.objective.mode == "max" else min
-    return pick(scored, key=lambda row: row.objective)
+
+
+def _best_trial(rows: list[TrialRow], space: SearchSpace) -> TrialRow | None:
+    """The best trial with a checkpoint, within the space's latency bound when it has one."""
+    bound = space.objective.max_gmac
+    points = [(index, row.objective, row.gmac if row.gmac is not None else float("inf"))
+              for index, row in enumerate(rows) if row.objective is not None and row.checkpoint is not None]
+    chosen = best_within(points, space.objective.mode, bound)
+    if chosen is None and points and bound is not None:
+        logger.warning("no trial's network is within objective.max_gmac=%g GMac per 512x512 frame; nothing "
+                       "registered", bound)
+    return None if chosen is None else rows[chosen]
+
+
+def pareto_rows(rows: list[TrialRow], space: SearchSpace) -> list[TrialRow]:
+    """The trials on the Pareto front of the objective against GMac per frame, cheapest first."""
+    points = [(index, row.objective, row.gmac) for index, row in enumerate(rows)
+              if row.objective is not None and row.gmac is not None]
+    return [rows[index] for index in pareto_front(points, space.objective.mode)]
 
 
 def _close_child_runs(client, hooks: MlflowTrialHooks, rows: list[TrialRow]) -> None:
@@ -451,6 +476,10 @@ def _log_search_summary(run: RunLogger, space: SearchSpace, rows: list[TrialRow]
     run.log_dict({"trials": [row.as_row(objective) | {"error": row.error} for row in rows]}, "search/trials.json")
     counts = {status: sum(row.status == status for row in rows) for status in ("completed", "stopped early", "failed")}
     run.log_metrics({f"trials/{k.replace(' ', '_')}": v for k, v in counts.items()}, step=0)
+    front = pareto_rows(rows, space)
+    run.log_dict({"max_gmac": space.objective.max_gmac,
+                  "front": [{"trial": r.trial_id, objective: r.objective, "gmac_512": r.gmac} for r in front]},
+                 "search/pareto_front.json")
     if best is not None:
         run.log_metrics({f"best/{metric_name(objective)}": best.objective}, step=0)
         run.set_tags({"celltune.best_trial": best.trial_id})
@@ -580,7 +609,12 @@ def search_summary(result: SearchResult) -> str:
              f"{sum(t.status == 'failed' for t in result.trials)} failed)"]
     lines.append(trials_table([t.as_row("objective") for t in result.trials]))
     if result.best is not None:
-        lines.append(f"best trial {result.best.trial_id}: objective {result.best.objective:.4f}")
+        cost = "" if result.best.gmac is None else f", {result.best.gmac:.2f} GMac per 512x512 frame"
+        lines.append(f"best trial {result.best.trial_id}: objective {result.best.objective:.4f}{cost}")
+    front = sorted((t for t in result.trials if t.pareto), key=lambda t: t.gmac)
+    if len(front) > 1:  # a trade-off to choose from: cheaper networks that score less
+        lines.append("objective against cost (Pareto front): " + ", ".join(
+            f"{t.trial_id} {t.objective:.3f} at {t.gmac:.2f} GMac" for t in front))
     if result.scores:
         lines.append("validation with tuned thresholds: " + ", ".join(
             f"{k} {v:.3f}" for k, v in sorted(result.scores.items()) if k.startswith("seg")))

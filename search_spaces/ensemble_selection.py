@@ -71,7 +71,8 @@ def mean_probabilities(parts: Sequence[ValidationProbabilities]) -> ValidationPr
 
 
 def choose_ensemble(candidates: Sequence[Candidate], parameters: ParameterSet, *, start_params: Mapping,
-                    max_members: int, trials: int, seed: int = 0,
+                    max_members: int, trials: int, seed: int = 0, costs: Sequence[float] | None = None,
+                    max_cost: float | None = None,
                     show_progress: bool = False) -> tuple[EnsembleOption, list[EnsembleOption]]:
     """Every (k, TTA) option from 1 to ``max_members`` members (TTA where each candidate has TTA maps), each at
     its tuned thresholds; returns the best by tuned mean SEG (ties: fewer members, no TTA) and all options.
@@ -80,6 +81,9 @@ def choose_ensemble(candidates: Sequence[Candidate], parameters: ParameterSet, *
         candidates: the trained models, best first (by their validation score).
         parameters, start_params, trials, seed, show_progress: as for ``tune_postprocess``.
         max_members: the largest ensemble tried (at most ``len(candidates)``).
+        costs, max_cost: each candidate's cost per frame (GMac); an option costs its members' sum, 8x with TTA,
+            and only options within ``max_cost`` may be chosen (the single best always may: the search's bound
+            already admitted it).
     """
     if not candidates:
         raise UserInputError("ensemble selection: no candidates")
@@ -93,5 +97,10 @@ def choose_ensemble(candidates: Sequence[Candidate], parameters: ParameterSet, *
             choice = tune_postprocess(mean_probabilities(maps), parameters, trials=trials,  # type: ignore[arg-type]
                                       start_params=start_params, seed=seed, show_progress=show_progress)
             options.append(EnsembleOption(count, tta, choice))
-    best = max(options, key=lambda o: (round(o.seg_mean, 6), -o.members, not o.tta))
+    def affordable(option: EnsembleOption) -> bool:
+        if max_cost is None or costs is None or (option.members == 1 and not option.tta):
+            return True
+        return sum(costs[: option.members]) * (8 if option.tta else 1) <= max_cost
+
+    best = max(filter(affordable, options), key=lambda o: (round(o.seg_mean, 6), -o.members, not o.tta))
     return best, options

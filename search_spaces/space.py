@@ -204,10 +204,13 @@ def _check_objective(source: str, objective: Objective, dataset_names: list[str]
 
 
 class Objective(_Strict):
-    """What Tune optimizes: a metric the trainable reports, maximized or minimized."""
+    """What Tune optimizes: a metric the trainable reports, maximized or minimized, and optionally a latency
+    bound on what may be registered (:mod:`celltune.search_spaces.cost_bound`)."""
 
     metric: str = "seg_mean"
     mode: Literal["max", "min"] = "max"
+    max_gmac: float | None = Field(None, gt=0, description="register the best trial whose network costs at most "
+                                                           "this many convolution GMac per 512x512 frame")
 
 
 class EarlyStopping(_Strict):

@@ -68,6 +68,10 @@ def test_averaging_independent_errors_is_chosen_when_it_scores_better():
     assert [(o.members, o.tta) for o in options] == [(1, False), (2, False), (3, False)]  # no TTA maps given
     assert options[2].seg_mean > options[0].seg_mean  # noise averages out
     assert best.members > 1 and best.label.startswith("top-")
+    # under a latency bound only the single best fits (the others would double or triple the cost per frame)
+    bounded, _ = choose_ensemble(candidates, parameters, start_params={"min_area": 1, "hole_area": 0},
+                                 max_members=3, trials=2, costs=[1.0, 1.0, 1.0], max_cost=1.5)
+    assert (bounded.members, bounded.tta) == (1, False)
 
 
 def test_the_demo_space_asks_its_search_to_choose_among_ensembles_and_tta(tmp_path):
