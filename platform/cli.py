@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         if args.debug:
             raise
-        print(f"celltune: error: {one_line(exc)}", file=sys.stderr)
+        print(f"celltune: error: {one_line(exc, 10_000)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         detail = one_line(exc) if str(exc) else ""

@@ -61,8 +61,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     transfer.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames per forward pass")
     transfer.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a threshold for every model, e.g. --set min_area=40 (repeatable)")
-    transfer.add_argument("--tta", action="store_true",
-                          help="test-time augmentation: average over the 8 flips and quarter turns (8x the time)")
+    transfer.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                          help="test-time augmentation: average over the 8 flips and quarter turns (8x the time); "
+                               "default: as each model's card says")
     transfer.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     transfer.set_defaults(handler=_transfer)
     from celltune.platform.model_export import FORMATS

@@ -261,7 +261,7 @@ def zero_shot_seg(universal: str, recipe: TrainConfig, dataset: str, tracking_ur
     loaded = load_model(universal, tracking_uri)
     card = loaded.card.model_copy(update={"scale": {**loaded.card.scale, dataset: recipe.data.scale_for(dataset)}})
     data = recipe.data.restricted_to([dataset]).model_copy(update={"configuration": "gt"})
-    probabilities = predict_validation(loaded.model, card, data)
+    probabilities = predict_validation(loaded.model, card, data, tta=card.tta)
     return seg_score_for(probabilities.kind, probabilities.frames[dataset], card.postprocess_params(None))
 
 

@@ -213,6 +213,9 @@ def export_contract(loaded: LoadedModel) -> dict[str, Any]:
                    "activation": _activation(kind), "kind": "probabilities (the activation is part of the graph)"},
         "postprocess": dict(card.postprocess),
         "postprocess_per_dataset": {k: dict(v) for k, v in card.postprocess_per_dataset.items()},
+        "tta": card.tta,
+        "tta_rule": ("the thresholds were tuned on the mean of the 8 flips and quarter turns of each frame (each "
+                     "output mapped back): predict so, or expect lower scores") if card.tta else "none",
         "validation": dict(card.validation or card.best),
         "opset": None,
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",

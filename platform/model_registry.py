@@ -63,6 +63,23 @@ class LoadedModel:
     card: ModelCard
     ref: ModelRef
 
+    # What the pyfunc code frozen into versions registered before the typed card (2026-12-04) reads; MLflow runs
+    # that copy when it serves or loads such a version, so these stay while those versions may exist.
+    @property
+    def target_kind(self) -> str:
+        return self.card.target_kind
+
+    @property
+    def size_multiple(self) -> int:
+        return self.card.size_multiple
+
+    @property
+    def normalization(self) -> str:
+        return self.card.normalization
+
+    def postprocess_params(self, dataset: str | None = None) -> dict[str, Any]:
+        return self.card.postprocess_params(dataset)
+
 
 def resolve_ref(uri: str, tracking_uri: str | None = None) -> ModelRef:
     """``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local checkpoint folder, checked to exist.
@@ -255,8 +272,9 @@ def _cost_tags(card: ModelCard) -> dict[str, str]:
     except Exception as exc:  # a cost is a nicety; never fail a registration over it
         logger.warning("no cost tags for %s: %s", card.architecture, exc)
         return {}
-    return {"celltune.params": str(int(cost["params"])), "celltune.gmac_512": f"{cost['gmac_512']:.3f}",
-            "celltune.cpu_frames_per_s": f"{speed:.3g}", "celltune.cpu_threads": str(torch.get_num_threads())}
+    passes = 8 if card.tta else 1  # a model chosen with TTA runs its network 8 times per frame
+    return {"celltune.params": str(int(cost["params"])), "celltune.gmac_512": f"{passes * cost['gmac_512']:.3f}",
+            "celltune.cpu_frames_per_s": f"{speed / passes:.3g}", "celltune.cpu_threads": str(torch.get_num_threads())}
 
 
 def _input_example(card: ModelCard):

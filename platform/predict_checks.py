@@ -45,7 +45,7 @@ def check_prediction(model, card: ModelCard, postprocess_params: Mapping[str, An
     """
     for where, ndim in inputs:
         check_model_fits(card, ndim, where, uri)
-        _check_time_window(model, ndim, where, options.tta)
+        _check_time_window(model, ndim, where, options.tta, options.scale)
         if options.track:
             _check_tracking(options.tracking, ndim)
     checked_postprocess_params(card.target_kind, postprocess_params)
@@ -96,8 +96,9 @@ def checked_postprocess_params(kind: str, params: Mapping[str, Any]) -> dict[str
     return dict(params)
 
 
-def _check_time_window(model, ndim: int, where: str, tta: bool = False) -> None:
-    """Temporal models slide over 2D sequences; their windows of 3D volumes are not defined, nor is TTA."""
+def _check_time_window(model, ndim: int, where: str, tta: bool | None = False, scale: float | None = None) -> None:
+    """Temporal models slide over 2D sequences at their own resolution; their windows of 3D volumes are not
+    defined, nor are TTA and resampling."""
     from celltune.trainables.temporal_inference import time_window_of
 
     window = time_window_of(model)
@@ -106,6 +107,9 @@ def _check_time_window(model, ndim: int, where: str, tta: bool = False) -> None:
                              f"frames")
     if window > 1 and tta:
         raise UserInputError(f"{where}: --tta averages single frames; the model sees windows of {window} frames")
+    if window > 1 and scale not in (None, 1.0):
+        raise UserInputError(f"{where}: --scale {scale:g} resamples single frames; the model sees windows of "
+                             f"{window} frames at their own resolution")
 
 
 def _check_tracking(params: Mapping[str, Any], ndim: int) -> None:

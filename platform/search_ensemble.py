@@ -10,7 +10,8 @@ folder (the best trial's own, or an ``ensemble`` one) for registration.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from celltune.search_spaces.ensemble_selection import Candidate, EnsembleOption, choose_ensemble
@@ -51,14 +52,23 @@ def choose_model(trials, best, best_folder: Path, best_probabilities: Validation
     best_model, best_card = load_model_folder(best_folder, weights_names=(BEST_WEIGHTS,))
     data = TrainConfig.model_validate(best_card.train_config).data
 
+    def averageable(model) -> bool:  # single-frame, same-padded: what TTA and the ensemble architecture take
+        spec = getattr(model, "spec", None)
+        return spec is None or (spec.time_window == 1 and not spec.output_crop)
+
     def tta_maps(model, card: ModelCard) -> ValidationProbabilities | None:
         return predict_validation(model, card, data, tta=True, show_progress=show_progress) if study.tta else None
 
+    if not averageable(best_model):  # a time-window or valid-padding best model stays alone, without TTA
+        logger.info("the best trial's network cannot be averaged or flipped; it is registered alone")
+        study = replace(study, ensemble_members=1, tta=False)
     candidates = [Candidate(best.trial_id, best_probabilities, tta_maps(best_model, best_card))]
     folders = [best_folder]
     chosen_trials = []  # the trials after the best that joined the candidates, in order
     sign = -1.0 if space.objective.mode == "max" else 1.0
-    others = sorted((t for t in trials if t is not best and t.checkpoint is not None and t.objective is not None),
+    bound = space.objective.max_gmac
+    others = sorted((t for t in trials if t is not best and t.checkpoint is not None and t.objective is not None
+                     and (bound is None or (t.gmac is not None and t.gmac <= bound))),
                     key=lambda t: sign * t.objective)
     for trial in others:
         if len(candidates) >= study.ensemble_members:
@@ -70,7 +80,7 @@ def choose_model(trials, best, best_folder: Path, best_probabilities: Validation
             continue
         model, card = load_model_folder(folder, weights_names=(BEST_WEIGHTS,))
         if (card.target_kind, card.normalization, card.scale) != (best_card.target_kind, best_card.normalization,
-                                                                   best_card.scale):
+                                                                   best_card.scale) or not averageable(model):
             logger.info("trial %s left out of the ensemble: its network takes another input", trial.trial_id)
             continue
         plain = predict_validation(model, card, data, show_progress=show_progress)
@@ -83,7 +93,11 @@ def choose_model(trials, best, best_folder: Path, best_probabilities: Validation
                                       trials=study.trials, seed=seed, costs=costs,
                                       max_cost=space.objective.max_gmac, show_progress=show_progress)
     folder = best_folder
-    if chosen.members > 1 or chosen.tta:
+    if chosen.members == 1 and chosen.tta:  # the best model itself, its card saying to predict with TTA
+        folder = scratch / "chosen-model"
+        shutil.copytree(best_folder, folder)
+        best_card.model_copy(update={"tta": True}).write(folder)
+    elif chosen.members > 1:
         folder = scratch / "chosen-model"
         write_ensemble_checkpoint(folders[: chosen.members], folder, postprocess=chosen.choice.default,
                                   postprocess_per_dataset=chosen.choice.per_dataset, tta=chosen.tta,

@@ -3,18 +3,21 @@
 Every trial keeps at most ``checkpoints_to_keep`` checkpoints while it runs (Tune's and its Train run's
 ``CheckpointConfig``). A celltune checkpoint holds the latest weights, the best weights so far and the training
 state, so the latest one alone serves a resume and the trial's best model. Once a trial has ended, only two
-things still read its checkpoint: the registration of the search's best trial, and ``--resume`` for trials that
+things still read its checkpoint: the registration of the search's best trial (with the next best, when the space
+tries ensembles: ``keep_best`` is then at least ``postprocess.ensemble_members``), and ``--resume`` for trials that
 did not finish. :class:`CheckpointPruner` therefore deletes the checkpoint folders of a trial that
 
 * ended because the scheduler stopped it (its last result carries ``done``) before it ran its full length
   (fewer evaluations than a full trial, and not out of its ``training.max_minutes`` budget), and
-* has at least ``keep_best`` trials strictly better by the objective (so ties and the best so far stay).
+* has at least ``keep_best`` trials strictly better by the objective (so ties and the best so far stay), and,
+  when the space bounds the cost of what it registers (``objective.max_gmac``), is not among the ``keep_best``
+  best of the trials within that bound either (the registered trial is the best within the bound).
 
 Running, failed (``--resume`` restarts them from their checkpoint), interrupted (Ctrl+C: their last result has
 no ``done``) and completed trials keep theirs. A stopped trial kept for being among the best is deleted later,
 when ``keep_best`` others have overtaken it. With ``T`` completed trials, the checkpoints left at the end are at
-most ``(T + keep_best) x checkpoints_to_keep``; while trials run, each running trial adds up to
-``checkpoints_to_keep + 1`` (Tune writes the new one before it drops the oldest).
+most ``(T + keep_best) x checkpoints_to_keep`` (``T + 2 x keep_best`` trials' under a cost bound); while trials
+run, each running trial adds up to ``checkpoints_to_keep + 1`` (Tune writes the new one before it drops the oldest).
 
 Only local storage is pruned; on a remote one (``s3://...``) the pruner logs at debug level and deletes nothing.
 """
@@ -143,7 +146,8 @@ class CheckpointPruner(Callback):
     """
 
     def __init__(self, *, storage_path: str, search_name: str, metric: str, mode: Literal["max", "min"],
-                 full_evaluations: int, budget_s: float | None = None, keep_best: int = 1) -> None:
+                 full_evaluations: int, budget_s: float | None = None, keep_best: int = 1,
+                 max_gmac: float | None = None, base_tree: Mapping[str, Any] | None = None) -> None:
         """
         Args:
             storage_path: the search's storage (a folder, or a URI: then nothing is deleted).
@@ -153,6 +157,8 @@ class CheckpointPruner(Callback):
             budget_s: a trial's time budget (``training.max_minutes`` x 60), None without one.
             keep_best: the best trials that keep their checkpoints even when stopped early (at least 1: the
                 search registers the best one).
+            max_gmac, base_tree: the space's ``objective.max_gmac`` and base config; the best ``keep_best`` trials
+                within that cost (GMac per 512x512 frame of a trial's network) keep theirs too.
         """
         if keep_best < 1:
             raise ValueError(f"keep_best: must be at least 1 (the best trial's checkpoint is registered), "
@@ -164,6 +170,10 @@ class CheckpointPruner(Callback):
         self.full_evaluations = full_evaluations
         self.budget_s = budget_s
         self.keep_best = keep_best
+        self.max_gmac = max_gmac
+        self.base_tree = base_tree
+        if max_gmac is not None and base_tree is None:
+            raise ValueError("max_gmac: needs the base_tree that prices each trial's network")
         self.freed_bytes = 0
         self._said_remote = False
 
@@ -189,6 +199,29 @@ class CheckpointPruner(Callback):
         analysis = (getattr(trial, "metric_analysis", None) or {}).get(self.metric) or {}
         return objective_of(analysis.get(self.mode), trial.last_result or {}, metric=self.metric, mode=self.mode)
 
+    def gmac(self, trial) -> float | None:
+        """The trial's network's GMac per 512x512 frame; None when it cannot be priced (out of any bound then)."""
+        from celltune.search_spaces.cost_bound import trial_gmac
+
+        try:
+            return trial_gmac(self.base_tree or {}, trial.config or {})
+        except Exception as exc:  # search_run's best trial treats an unpriced trial the same way
+            logger.debug("no cost for trial %s: %s", trial.trial_id, exc)
+            return None
+
+    def doomed(self, trials: Sequence[Any], candidates: list[str]) -> list[str]:
+        """The candidates outside the ``keep_best`` best overall and, under a cost bound, within it."""
+        objectives = {t.trial_id: self.objective(t) for t in trials}
+        doomed = to_prune(candidates, objectives, mode=self.mode, keep_best=self.keep_best)
+        if self.max_gmac is None or not doomed:
+            return doomed
+        costs = {t.trial_id: self.gmac(t) for t in trials}
+        within = {key: value for key, value in objectives.items()
+                  if costs[key] is not None and costs[key] <= self.max_gmac}
+        spared = set(doomed) & set(within)
+        spared -= set(to_prune(sorted(spared), within, mode=self.mode, keep_best=self.keep_best))
+        return [trial_id for trial_id in doomed if trial_id not in spared]
+
     def prune(self, trials: Sequence[Any], ended: Iterable[str] = ()) -> int:
         """Delete the checkpoints of the trials in ``trials`` that :meth:`stopped_early` and are not among the
         ``keep_best`` best; returns the bytes freed."""
@@ -202,9 +235,8 @@ class CheckpointPruner(Callback):
         if not candidates:
             return 0
         by_id = {t.trial_id: t for t in trials}
-        objectives = {t.trial_id: self.objective(t) for t in trials}
         freed = 0
-        for trial_id in to_prune(candidates, objectives, mode=self.mode, keep_best=self.keep_best):
+        for trial_id in self.doomed(trials, candidates):
             folders = checkpoint_folders(*self.trial_folders(by_id[trial_id]))
             if not folders:
                 continue

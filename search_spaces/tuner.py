@@ -248,7 +248,8 @@ def build_tuner(space: SearchSpace, settings: SearchSettings, *, hooks: TrialHoo
         budget_s = base.training.max_minutes * 60 if base.training.max_minutes else None
         callbacks.append(CheckpointPruner(storage_path=settings.storage_path, search_name=settings.name,
                                           metric=objective.metric, mode=objective.mode, full_evaluations=max_t,
-                                          budget_s=budget_s, keep_best=keep_best_for(space, settings)))
+                                          budget_s=budget_s, keep_best=keep_best_for(space, settings),
+                                          max_gmac=objective.max_gmac, base_tree=space.base_tree))
     else:
         scheduler = FIFOScheduler()
     budget = f", {base.training.max_minutes:g} min each" if base.training.max_minutes else ""

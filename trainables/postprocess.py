@@ -289,3 +289,11 @@ def one_hot(classes: np.ndarray, n_classes: int) -> np.ndarray:
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
         raise UserInputError(f"one_hot: n_classes={n_classes!r} must be >= 1")
     return (np.arange(n_classes).reshape((n_classes,) + (1,) * classes.ndim) == classes).astype(np.float32)
+
+
+def postprocess(target_kind: str, probs: np.ndarray, **params: Any) -> np.ndarray:
+    """:func:`celltune.trainables.target_kinds.postprocess`, also importable from here, where the pyfunc code
+    frozen into versions registered before the kinds' table (2026-12-04) looks for it."""
+    from celltune.trainables.target_kinds import postprocess as dispatch  # the table imports this module
+
+    return dispatch(target_kind, probs, **params)

@@ -509,7 +509,8 @@ def test_mlflow_server_image_is_one_reference_with_the_clients_mlflow():
     image = _documented_image(MLFLOW_DOCKERFILE)
     assert _load(COMPOSE)["services"]["mlflow"]["image"] == image
     assert _mlflow_objects()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == image
-    server_mlflow = re.search(r"mlflow==([0-9.]+)", MLFLOW_DOCKERFILE.read_text()).group(1)
+    # The [auth] extra brings what `--app-name basic-auth` needs (Flask-WTF).
+    server_mlflow = re.search(r"mlflow\[auth\]==([0-9.]+)", MLFLOW_DOCKERFILE.read_text()).group(1)
     assert server_mlflow == _lock_pins()["mlflow"] == image.rsplit(":", 1)[1]
 
 

@@ -88,6 +88,20 @@ def test_mlflow_pyfunc_flavour_predicts_labels(registry):
     assert labels.shape == (2, 48, 40) and labels.dtype == np.int32
 
 
+def test_a_version_registered_with_the_pyfunc_code_of_before_the_model_card_still_predicts(registry, tmp_path):
+    """MLflow runs the pyfunc code frozen into each version at registration; the code celltune registered before
+    the typed model card (kept in tests/platform/data) must keep working against today's celltune."""
+    uri = registry[0]
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/cells/1", dst_path=str(tmp_path / "dl"),
+                                                     tracking_uri=uri))
+    folder = next(local.rglob(CARD_FILE)).parent
+    old_code = Path(__file__).parent / "data" / "pyfunc_model_before_card.py"
+    mlflow.pyfunc.save_model(str(tmp_path / "old"), python_model=str(old_code), artifacts={"celltune": str(folder)})
+    frames = np.random.default_rng(2).integers(0, 200, size=(2, 48, 40)).astype(np.float32)
+    labels = mlflow.pyfunc.load_model(str(tmp_path / "old")).predict(frames)
+    assert labels.shape == (2, 48, 40) and labels.dtype == np.int32
+
+
 @pytest.mark.parametrize("uri, message", [
     ("models:/nosuch@candidate", "no registered model named 'nosuch'"),
     ("models:/cells@champion", "model 'cells' has no alias 'champion'"),

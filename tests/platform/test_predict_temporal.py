@@ -56,6 +56,17 @@ def test_temporal_models_refuse_3d_sequences(tmp_path):
                          PredictOptions(track=False))
 
 
+def test_temporal_models_refuse_tta_and_resampling_before_reading_a_frame(tmp_path):
+    generate_dataset(tmp_path, SynthSpec(name="Seq", sequences=1, frames=3, size=32, cells=2, seed=1))
+    (source,), _ = find_sequences(tmp_path / "Seq" / "01")
+    model, description = _temporal_model()
+    params = DEFAULT_POSTPROCESS_PARAMS["tertiary"]
+    with pytest.raises(UserInputError, match="--tta averages single frames"):
+        predict_sequence(model, description, params, source, PredictOptions(track=False, tta=True))
+    with pytest.raises(UserInputError, match="--scale 0.5 resamples single frames"):
+        predict_sequence(model, description, params, source, PredictOptions(track=False, scale=0.5))
+
+
 def _raw_frames(folder):
     import tifffile
 

@@ -137,6 +137,30 @@ def test_a_minimized_objective_keeps_the_lowest(root):
     assert _left(root) == {"low": 1, "high": 0}
 
 
+def test_under_a_cost_bound_the_best_affordable_trials_keep_theirs_too(root, monkeypatch):
+    """search_run registers the best trial within objective.max_gmac: it may rank below costlier trials."""
+    trials = [_trial(root, "big", evaluations=FULL, best=0.9), _trial(root, "big_cut", evaluations=1, best=0.8),
+              _trial(root, "small", evaluations=1, best=0.5), _trial(root, "small_worse", evaluations=1, best=0.4),
+              _trial(root, "unpriced", evaluations=1, best=0.7)]
+    costs = {"big": 50.0, "big_cut": 50.0, "small": 5.0, "small_worse": 5.0, "unpriced": None}
+    pruner = _pruner(root, max_gmac=10.0, base_tree={})
+    monkeypatch.setattr(pruner, "gmac", lambda trial: costs[trial.trial_id])
+    pruner.prune(trials)
+    assert _left(root) == {"big": 1, "big_cut": 0, "small": 1, "small_worse": 0, "unpriced": 0}
+    with pytest.raises(ValueError, match="max_gmac: needs the base_tree"):
+        _pruner(root, max_gmac=10.0)
+
+
+def test_a_trial_is_priced_from_its_sample(root, tmp_path):
+    from celltune.search_spaces.space import load_space
+
+    space = load_space("demo", stores_dir=tmp_path)
+    pruner = _pruner(root, max_gmac=10.0, base_tree=space.base_tree)
+    unet, xbnet = (SimpleNamespace(trial_id=name, config={"model.name": name}) for name in ("unet", "xbnet"))
+    assert 0 < pruner.gmac(unet) != pruner.gmac(xbnet) > 0
+    assert pruner.gmac(SimpleNamespace(trial_id="bad", config={"model.name": "nosuch"})) is None
+
+
 def test_remote_storage_is_left_alone(root, caplog):
     trials = [_trial(root, "best", evaluations=FULL, best=0.9), _trial(root, "cut", evaluations=1, best=0.1)]
     pruner = CheckpointPruner(storage_path="s3://bucket/searches", search_name="search", metric="seg_mean",
