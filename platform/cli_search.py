@@ -37,6 +37,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
                         help="checkpoints kept per trial (default 1: the latest holds the best weights and the "
                              "resume state); trials ASHA stopped early lose theirs unless they are the best")
+    parser.add_argument("--threshold-trials", type=int, default=None, metavar="N",
+                        help="trials per dataset of the post-processing study after the search (default: the "
+                             "space's postprocess.trials); a small N makes a quick check")
     parser.add_argument("--dry-run", action="store_true", help="print the checked space and the plan, then exit")
     parser.set_defaults(handler=_search)
 
@@ -62,6 +65,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserInputError(f"--max-concurrent {args.max_concurrent}: must be at least 1 (leave it out for as many "
                              "trials as the cluster's resources hold)")
+    if args.threshold_trials is not None and args.threshold_trials < 1:
+        raise UserInputError(f"--threshold-trials {args.threshold_trials}: must be at least 1")
     if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
         raise UserInputError(f"--keep-checkpoints {args.keep_checkpoints}: must be at least 1 (the latest "
                              "checkpoint is what a trial resumes from and what the best trial registers)")
@@ -79,6 +84,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.init:
         overrides["init.model"] = args.init
     space = load_space(args.space, overrides=overrides or None, stores_dir=args.stores)
+    if args.threshold_trials is not None:
+        space = space.with_threshold_trials(args.threshold_trials)
     if args.dry_run:
         space = resolve_stores(space)
         settings = SearchSettings(storage_path=args.storage, name=args.name or "<name>", seed=args.seed,

@@ -411,8 +411,6 @@ def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
     return sorted(rows, key=lambda row: row.trial_id)
 
 
-
-
 def _trial_gmac(space: SearchSpace, sample: dict[str, Any]) -> float | None:
     try:
         return trial_gmac(space.base_tree, sample)

@@ -64,7 +64,7 @@ import math
 import types
 import typing
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -396,6 +396,12 @@ class SearchSpace:
     postprocess: PostprocessStudy | None
     target_kinds: tuple[str, ...]
     points: tuple[dict[str, Any], ...] = ()
+
+    def with_threshold_trials(self, trials: int) -> SearchSpace:
+        """The space with ``trials`` per dataset in its post-processing study (unchanged without a study)."""
+        if self.postprocess is None:
+            return self
+        return replace(self, postprocess=replace(self.postprocess, trials=trials))
 
     def base_config(self) -> TrainConfig:
         """The base training config, validated."""

@@ -19,8 +19,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from server_processes import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_DIR = ROOT / "deploy" / "mlflow"
@@ -39,26 +38,6 @@ COMPOSE = MLFLOW_DIR / "docker-compose.yaml"
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 ADMIN = "admin"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group (the server and its uvicorn worker), SIGKILL what is left after 10 s."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _request(url: str, *, auth: tuple[str, str] | None = None, headers: dict[str, str] | None = None,
@@ -127,7 +106,7 @@ SERVER = pytest.mark.slow  # the server's start alone takes ~10 s; the whole fil
 def auth_server(tmp_path_factory) -> AuthServer:
     _require_auth_extra()
     root = tmp_path_factory.mktemp("mlflow-auth")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     password = secrets.token_urlsafe(18)
     auth_ini = root / "basic_auth.ini"
@@ -150,7 +129,7 @@ def auth_server(tmp_path_factory) -> AuthServer:
         yield AuthServer(uri, port, password)
     finally:
         if server is not None:
-            _stop(server)
+            stop_process_group(server)
 
 
 def test_recipe_defaults_new_users_to_read_only():

@@ -1,4 +1,4 @@
-"""Which TCP sockets a process (tree) listens on, read from /proc: no psutil, no `ss` on a bare CI machine."""
+"""Which TCP sockets processes listen on, read from /proc: no psutil, no `ss` on a bare CI machine."""
 
 from __future__ import annotations
 
@@ -9,28 +9,35 @@ from pathlib import Path
 
 def listening_addresses(pid: int | str = "self") -> list[str]:
     """Local host addresses of the listening TCP sockets of process ``pid`` (IPv4-mapped IPv6 as IPv4)."""
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:  # gone, or not ours
-        return []
-    for fd in fds:
+    return [address for _, address in listening_sockets([pid])]
+
+
+def listening_sockets(pids: list[int | str]) -> list[tuple[int | str, str]]:
+    """``(pid, host address)`` of every listening TCP socket of ``pids``; the socket tables are read once (they
+    list the whole network namespace, so reading them per process would cost as much as the scan itself)."""
+    owners: dict[str, int | str] = {}
+    for pid in pids:
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or not ours
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners[target[8:-1]] = pid
     found = []
     for table in ("tcp", "tcp6"):
         try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:  # the process ended meanwhile
-            return found
+            lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
         for line in lines:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                found.append(_host(bytes.fromhex(fields[1].split(":")[0])))
+            if fields[3] == "0A" and fields[9] in owners:  # 0A: LISTEN
+                found.append((owners[fields[9]], _host(bytes.fromhex(fields[1].split(":")[0]))))
     return found
 
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import proc_sockets
 import pytest
@@ -96,13 +97,13 @@ def _assert_quiet_with_the_noise_in_the_log(out: str, workdir) -> None:
 
 
 def _watch_sockets(process: subprocess.Popen, seen: set[tuple[str, str]]) -> None:
-    """Every 0.2 s until ``process`` ends: the listening sockets of it and its descendants (Ray's servers,
+    """Every 0.5 s until ``process`` ends: the listening sockets of it and its descendants (Ray's servers,
     trial workers, the rendezvous of each training run)."""
     while process.poll() is None:
-        for pid in proc_sockets.process_tree(process.pid):
+        for pid, address in proc_sockets.listening_sockets(proc_sockets.process_tree(process.pid)):
             try:
-                name = open(f"/proc/{pid}/comm").read().strip()
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
             except OSError:
-                continue
-            seen.update((name, address) for address in proc_sockets.listening_addresses(pid))
-        threading.Event().wait(0.2)
+                name = str(pid)
+            seen.add((name, address))
+        threading.Event().wait(0.5)

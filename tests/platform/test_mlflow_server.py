@@ -22,8 +22,6 @@ import os
 import secrets
 import select
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from typing import Any
 
 import pytest
 from mlflow import MlflowClient
+from server_processes import free_port, stop_process_group
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -44,12 +43,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,900"]
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -64,20 +57,6 @@ def _wait_healthy(uri: str, server: subprocess.Popen, log: Path, timeout: float 
             pass
         time.sleep(0.5)
     raise AssertionError(f"mlflow server not healthy within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group (the server and its uvicorn worker), SIGKILL what is left after 10 s."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _celltune(*args: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -100,7 +79,7 @@ def served_search(tmp_path_factory, demo_stores) -> ServedSearch:
     """A tracking server on 127.0.0.1, a search logged to it over HTTP (with a secret in its environment and
     paths), and the promotion of the registered model to ``champion``."""
     root = tmp_path_factory.mktemp("served")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log = root / "server.log"
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -125,7 +104,7 @@ def served_search(tmp_path_factory, demo_stores) -> ServedSearch:
                             "--tracking-uri", uri, env=env, cwd=root, timeout=120)
         yield ServedSearch(uri, root, root / "artifacts", secret, search, promote)
     finally:
-        _stop(server)
+        stop_process_group(server)
 
 
 def _runs(served: ServedSearch):
@@ -248,7 +227,7 @@ class DevTools:
     def close(self) -> None:
         for fd in (self._to_chrome, self._from_chrome):
             os.close(fd)
-        _stop(self.process)
+        stop_process_group(self.process)
         self.log.close()
 
 

@@ -11,6 +11,7 @@ from celltune.platform.search_run import SearchResult, search_summary
 @pytest.mark.parametrize(("extra", "message"), [
     (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must be at least 1"),
     (["--name", "s", "--resume", "--keep-checkpoints", "2"], "leave out --keep-checkpoints"),
+    (["--threshold-trials", "0"], "--threshold-trials 0: must be at least 1"),
 ])
 def test_keep_checkpoints_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
     code = main(["search", "--space", "demo", "--storage", str(tmp_path / "s"), *extra])

@@ -45,10 +45,10 @@ def test_two_trial_cpu_universal_search_runs_on_the_real_data_within_its_budgets
     stores, _ = real_out
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     os.environ.pop("RAY_ADDRESS", None)
-    # A tiny budget: 0.2 minutes of training per trial.
+    # A tiny budget: 0.2 minutes of training per trial, two trials of the threshold study per dataset.
     code, output = _cli("search", "--space", "cpu_universal", "--stores", str(stores), "--trials", "2",
                         "--storage", str(tmp_path / "searches"), "--tracking-uri", uri, "--name", "smoke",
-                        "--set", "training.max_minutes=0.2",
+                        "--set", "training.max_minutes=0.2", "--threshold-trials", "2",
                         "--register-as", "cpu-universal-smoke")
     assert code == 0, output[-5000:]
     assert "registered models:/cpu-universal-smoke/1" in output
