@@ -267,8 +267,8 @@ def _cost_tags(card: ModelCard) -> dict[str, str]:
     from celltune.trainables.complexity import cpu_frames_per_second, model_cost
 
     try:
-        cost = model_cost(model_from_config(card.model.registry_config()))
-        speed = cpu_frames_per_second(model_from_config(card.model.registry_config()))
+        model = model_from_config(card.model.registry_config())
+        cost, speed = model_cost(model), cpu_frames_per_second(model)
     except Exception as exc:  # a cost is a nicety; never fail a registration over it
         logger.warning("no cost tags for %s: %s", card.architecture, exc)
         return {}

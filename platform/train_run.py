@@ -47,6 +47,15 @@ def check_run_name(name: str) -> None:
                              "or digit)")
 
 
+def _check_run_folder(run_folder: Path, resume: bool, *, resumable: bool) -> None:
+    """A new run needs a free name; a resumed one needs its folder (``resumable``: what resuming reads is there)."""
+    if resume and not resumable:
+        raise UserInputError(f"--resume: no run named {run_folder.name!r} under {run_folder.parent}")
+    if not resume and run_folder.exists():
+        raise UserInputError(f"--name: a run named {run_folder.name!r} already exists under {run_folder.parent}; "
+                             "pass --resume to continue it or choose another name")
+
+
 def check_config(config: TrainConfig) -> None:
     """Fail before Ray starts: stores hold training frames, and the model, loss and thresholds fit together."""
     from celltune.trainables.data import check_crop_fits, training_frames
@@ -78,11 +87,7 @@ def run_training(config: TrainConfig, *, storage_path: Path, name: str | None = 
     run_folder = storage_path / name
     link_file = run_folder / RUN_LINK_FILE
     # The name is checked before Ray starts: its start-up lines must not land in another run's log file.
-    if resume and not link_file.is_file():
-        raise UserInputError(f"--resume: no run named {name!r} under {storage_path}")
-    if not resume and run_folder.exists():
-        raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
-                             "pass --resume to continue it or choose another name")
+    _check_run_folder(run_folder, resume, resumable=link_file.is_file())
     if not local:
         _ray_that_fits(config, address)  # before anything is written: a run Ray can never place is refused
     tracking_uri = absolute_tracking_uri(tracking_uri or default_tracking_uri())  # workers run in other folders
@@ -122,11 +127,7 @@ def run_untracked(config: TrainConfig, *, storage_path: Path, name: str | None =
     ``<storage>/<name>`` only."""
     config, storage_path, name = _prepared(config, storage_path, name, resume)
     run_folder = storage_path / name
-    if resume and not run_folder.is_dir():
-        raise UserInputError(f"--resume: no run named {name!r} under {storage_path}")
-    if not resume and run_folder.exists():
-        raise UserInputError(f"--name: a run named {name!r} already exists under {storage_path}; "
-                             "pass --resume to continue it or choose another name")
+    _check_run_folder(run_folder, resume, resumable=run_folder.is_dir())
     if config.init is not None:
         raise UserInputError("--init needs MLflow tracking (its provenance is recorded there); leave out --no-tracking")
     run_folder.mkdir(parents=True, exist_ok=True)

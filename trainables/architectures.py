@@ -236,6 +236,7 @@ class ModelRegistry:
             base=parent.base,
             output_crop=parent.output_crop,
             min_input_size=parent.min_input_size,
+            trainable=parent.trainable,
         )
         entry.spec({})
         self._entries[name] = entry

@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 
 from celltune.data_prep.common import UserInputError
 from celltune.trainables.architectures import build_model
-from celltune.trainables.model_card import BEST_WEIGHTS, ArchitectureEntry, ModelCard, load_model_folder
+from celltune.trainables.model_card import (
+    BEST_WEIGHTS,
+    REGISTERED_WEIGHTS,
+    ArchitectureEntry,
+    ModelCard,
+    load_model_folder,
+)
 
 
 def write_ensemble_checkpoint(members: Sequence[Path], out: Path, *, weights: Sequence[float] | None = None,
@@ -29,7 +35,7 @@ def write_ensemble_checkpoint(members: Sequence[Path], out: Path, *, weights: Se
     """
     if not members:
         raise UserInputError("an ensemble needs at least one member")
-    loaded = [load_model_folder(Path(folder), weights_names=(BEST_WEIGHTS, "weights.safetensors"))
+    loaded = [load_model_folder(Path(folder), weights_names=(BEST_WEIGHTS, REGISTERED_WEIGHTS))
               for folder in members]
     first = loaded[0][1]
     for folder, (_, card) in zip(members, loaded, strict=True):
