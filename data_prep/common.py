@@ -59,3 +59,16 @@ def write_atomic(path: Path, content: str | bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what a failed command that makes
+    them must remove again, so a refusal leaves no trace."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that exist and are empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

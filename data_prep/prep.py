@@ -33,7 +33,7 @@ from typing import Any
 
 from celltune.data_prep import index as index_mod
 from celltune.data_prep import store_format as sf
-from celltune.data_prep.common import UserInputError
+from celltune.data_prep.common import UserInputError, missing_folders, remove_empty_folders
 from celltune.data_prep.convert import SequenceResult, celltune_version, conversion_params, convert_sequence
 from celltune.data_prep.ctc_layout import DatasetLayout, SequenceLayout, discover
 from celltune.data_prep.tiff_io import FileRecord, checksum, read_bytes
@@ -328,11 +328,11 @@ def prep_datasets(
     layouts = discover(src, list(datasets) if datasets is not None else None)
     _check_targets(out_dir, layouts)
     _check_man_tracks(layouts)
-    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
+    created = missing_folders(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _remove_created(created)
+        remove_empty_folders(created)
         raise UserInputError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
     report = PrepReport(out_dir)
     try:
@@ -341,17 +341,10 @@ def prep_datasets(
         # folders this run made and left with nothing but its lock are removed: a failed prep leaves no trace
         if created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {sf.LOCK_FILE}:
             shutil.rmtree(out_dir, ignore_errors=True)
-            _remove_created(created)
+            remove_empty_folders(created)
         raise
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _remove_created(created: list[Path]) -> None:
-    """Remove the (empty) folders of ``created`` that exist, deepest first."""
-    for path in created:
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 def _prep_locked(out_dir: Path, layouts: list[DatasetLayout], report: PrepReport, *, force: bool,

@@ -37,6 +37,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
                         help="checkpoints kept per trial (default 1: the latest holds the best weights and the "
                              "resume state); trials ASHA stopped early lose theirs unless they are the best")
+    parser.add_argument("--max-failures", type=int, default=None, metavar="N",
+                        help="restarts of a trial from its last checkpoint after its worker or node is lost "
+                             "(default 2; -1: as many as it takes, for preemptible or flaky nodes)")
     parser.add_argument("--threshold-trials", type=int, default=None, metavar="N",
                         help="trials per dataset of the post-processing study after the search (default: the "
                              "space's postprocess.trials); a small N makes a quick check")
@@ -65,6 +68,9 @@ def _search(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserInputError(f"--max-concurrent {args.max_concurrent}: must be at least 1 (leave it out for as many "
                              "trials as the cluster's resources hold)")
+    if args.max_failures is not None and args.max_failures < -1:
+        raise UserInputError(f"--max-failures {args.max_failures}: must be -1 (restart a trial as often as it "
+                             "takes) or at least 0")
     if args.threshold_trials is not None and args.threshold_trials < 1:
         raise UserInputError(f"--threshold-trials {args.threshold_trials}: must be at least 1")
     if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
@@ -76,7 +82,8 @@ def _search(args: argparse.Namespace) -> int:
         given = [flag for flag, value in (("--set", args.overrides), ("--init", args.init),
                                           ("--trials", args.trials is not None),
                                           ("--seed", args.seed != 0),
-                                          ("--keep-checkpoints", args.keep_checkpoints is not None)) if value]
+                                          ("--keep-checkpoints", args.keep_checkpoints is not None),
+                                          ("--max-failures", args.max_failures is not None)) if value]
         if given:
             raise UserInputError(f"--resume continues the search with the settings it started with; leave out "
                                  f"{', '.join(given)}")
@@ -102,7 +109,8 @@ def _search(args: argparse.Namespace) -> int:
         result = run_search(space, storage=args.storage, name=name, resume=args.resume, trials=args.trials,
                             seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
                             address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent,
-                            checkpoints_to_keep=args.keep_checkpoints or 1)
+                            checkpoints_to_keep=args.keep_checkpoints or 1,
+                            max_failures=2 if args.max_failures is None else args.max_failures)
     print(search_summary(result))
     if log:
         print(f"library output: {log}")

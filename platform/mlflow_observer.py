@@ -28,13 +28,11 @@ class MlflowObserver:
 
     def on_start(self, config, model_config: Mapping[str, Any]) -> None:
         resolved = config.model_dump(mode="json")
-        client = self.run_logger.client()
-        run = client.get_run(self.run_logger.run_id)
+        run = self.run_logger.get_run()
         # A resumed run keeps its params; pick up its curves so the picture stays whole.
         for key in run.data.metrics:
             if key in CURVE_KEYS or key.startswith("seg/"):
-                history = client.get_metric_history(self.run_logger.run_id, key)
-                self.history[key] = [(m.step, m.value) for m in history]
+                self.history[key] = self.run_logger.metric_history(key)
         if self.log_config and not run.data.params:
             self.run_logger.log_params(flatten_params(resolved))
             self.run_logger.log_dict(resolved, "config/train_config.yaml")

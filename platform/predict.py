@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celltune.data_prep.common import UserInputError, default_permissions
+from celltune.data_prep.common import UserInputError, default_permissions, missing_folders, remove_empty_folders
 from celltune.platform.ctc_results import write_ctc_result
 from celltune.platform.predict_checks import check_prediction
 from celltune.platform.predict_inputs import SequenceSource, find_sequences
@@ -45,6 +45,9 @@ def check_output(out: Path, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: exists and is not a folder")
+    blocker = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocker is not None:
+        raise UserInputError(f"{out}: cannot be created, {blocker} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"{out}: output folder exists and is not empty (pass --overwrite to replace it)")
 
@@ -181,9 +184,15 @@ def predict_to_folder(
     if use_ray is None:
         use_ray = len(sources) > 1 or address is not None
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(out)
-    staging = default_permissions(Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent)))
+    created = missing_folders(out.parent)  # removed again when nothing is written
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_staging(out)
+        staging = default_permissions(Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-",
+                                                            dir=out.parent)))
+    except OSError as exc:
+        remove_empty_folders(created)
+        raise UserInputError(f"{out}: cannot write the results there ({exc.strerror or exc})") from None
     summaries: dict[str, SequenceSummary] = {}
     total = sum(p.num_frames for p in probes.values())
 
@@ -222,6 +231,10 @@ def predict_to_folder(
                             write(payload)
         produced = staging if collection else staging / "result"
         _replace(produced, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(created)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [summaries[s.name] for s in sources]

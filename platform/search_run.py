@@ -34,11 +34,12 @@ from celltune.platform.tracking import (
     flatten_params,
     mask_secrets,
     metric_name,
+    when_store_free,
 )
 from celltune.platform.tracking import experiment_id as experiment_id_of
 from celltune.platform.train_run import check_run_name
 from celltune.platform.trials_view import TrialsView
-from celltune.search_spaces.checkpoint_pruning import folder_bytes, format_bytes
+from celltune.search_spaces.checkpoint_pruning import folder_bytes, format_bytes, ran_full_length
 from celltune.search_spaces.cost_bound import best_within, pareto_front, trial_gmac
 from celltune.search_spaces.space import SearchSpace
 from celltune.search_spaces.tuner import (
@@ -84,11 +85,11 @@ class MlflowTrialHooks:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        found = client.search_runs(
+        found = when_store_free(lambda: client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
             max_results=1,
-        )
+        ), "find a trial's run")
         if found:
             return found[0].info.run_id
         if trial_name is None:
@@ -96,22 +97,22 @@ class MlflowTrialHooks:
         tags = {"mlflow.parentRunId": self.parent_run_id, "mlflow.runName": trial_name, "celltune.kind": "trial",
                 TRIAL_TAG: trial_id, SEARCH_TAG: self.search_name,
                 "celltune.sample": json.dumps(dict(sample or {}), sort_keys=True, default=str)[:5000]}
-        return client.create_run(self.experiment_id, run_name=trial_name, tags=tags).info.run_id
+        return when_store_free(lambda: client.create_run(self.experiment_id, run_name=trial_name, tags=tags),
+                               "create a trial's run").info.run_id
 
     def observer_for(self, trial_id: str, trial_name: str, sample: Mapping[str, Any],
                      config: TrainConfig) -> MlflowObserver:
         """Runs in the trial's process: the driver's :class:`TrialRunCallback` creates the child run and logs its
         params (masked with the driver's environment, which knows the secrets); wait for it briefly."""
-        from mlflow import MlflowClient
-
         deadline = time.monotonic() + CHILD_RUN_WAIT_S
         run_id = self.child_run_id(trial_id)
         while run_id is None and time.monotonic() < deadline:
             time.sleep(0.5)
             run_id = self.child_run_id(trial_id)
         run_id = run_id or self.child_run_id(trial_id, trial_name, sample)
-        MlflowClient(tracking_uri=self.tracking_uri).update_run(run_id, status="RUNNING")
-        return MlflowObserver(RunLogger(self.tracking_uri, run_id), log_config=False)
+        run_logger = RunLogger(self.tracking_uri, run_id)
+        run_logger.set_status("RUNNING")
+        return MlflowObserver(run_logger, log_config=False)
 
 
 class TrialRunCallback(Callback):
@@ -229,11 +230,12 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
                trials: int | None = None, seed: int = 0, tracking_uri: str | None = None,
                experiment: str = DEFAULT_EXPERIMENT, address: str | None = None,
                register_as: str | None = None, max_concurrent: int | None = None,
-               show_progress: bool = True, checkpoints_to_keep: int = 1) -> SearchResult:
+               show_progress: bool = True, checkpoints_to_keep: int = 1, max_failures: int = 2) -> SearchResult:
     """Run (or with ``resume`` continue) a search, tune thresholds, register the best model.
 
     ``checkpoints_to_keep``: per trial (a resumed search keeps what it started with); checkpoints of trials ASHA
     stopped early are deleted unless the trial is the best (:mod:`celltune.search_spaces.checkpoint_pruning`).
+    ``max_failures``: restarts of a trial from its last checkpoint after its worker or node is lost (-1: any).
     """
     import mlflow
 
@@ -248,7 +250,7 @@ def run_search(space: SearchSpace, *, storage: str, name: str | None = None, res
     name = name or default_search_name(space)
     settings = SearchSettings(storage_path=storage, name=name, trials=trials or space.trials, seed=seed,
                               max_concurrent=max_concurrent, checkpoints_to_keep=checkpoints_to_keep,
-                              verbose=0)  # TrialsView instead of Tune's boxes
+                              max_failures=max_failures, verbose=0)  # TrialsView instead of Tune's boxes
     if not resume and search_exists(settings):
         raise UserInputError(f"--name: a search named {name!r} already exists under {storage}; "
                              "pass --resume to continue it or choose another name")
@@ -384,7 +386,9 @@ def _parent_run(client, tracking_uri: str, experiment_id: str, name: str, space:
 def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
     metric = space.objective.metric
     best_key = "best/seg_mean" if metric == "seg_mean" and space.objective.mode == "max" else None
-    full = evaluations_per_trial(space.base_config())
+    base = space.base_config()
+    full = evaluations_per_trial(base)
+    budget_s = base.training.max_minutes * 60 if base.training.max_minutes else None
     rows = []
     for result in grid:
         metrics = result.metrics or {}
@@ -399,7 +403,7 @@ def _trial_rows(grid, space: SearchSpace) -> list[TrialRow]:
             objective = None
         if result.error is not None:
             status = "failed"
-        elif evaluations >= full:
+        elif ran_full_length(metrics, full_evaluations=full, budget_s=budget_s):  # all its epochs or minutes
             status = "completed"
         else:
             status = "stopped early"

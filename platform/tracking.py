@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celltune.trainables.secrets import MASK as MASK  # re-exported: the platform's callers import them here
 from celltune.trainables.secrets import SECRET_NAME as SECRET_NAME
@@ -23,12 +25,47 @@ from celltune.trainables.secrets import secret_values as secret_values
 logger = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+LOCKED_STORE_TRIES = 10  # back-off from ~0.2 s doubling to 30 s: minutes of a busy store before a write fails
+_T = TypeVar("_T")
+_retries = 0
 _NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. :/]")
 
 
 def metric_name(key: str) -> str:
     """A metric key MLflow accepts: dataset names like ``Fluo-N2DH-SIM+`` become ``Fluo-N2DH-SIMplus``."""
     return _NOT_IN_METRIC_NAMES.sub(lambda match: "plus" if match.group() == "+" else "_", key)
+
+
+def retries_on_busy_store() -> int:
+    """Writes this process tried again because the store was busy (the load benchmark reports them)."""
+    return _retries
+
+
+def _store_busy(error: BaseException) -> bool:
+    text = str(error).lower()  # only the lock: other database errors would not go away by waiting
+    return "database is locked" in text or "database table is locked" in text
+
+
+def when_store_free(call: Callable[[], _T], what: str = "MLflow write") -> _T:
+    """``call()``, tried again with a jittered back-off while the tracking store says it is busy.
+
+    SQLite allows one writer at a time; MLflow waits up to 20 s for the lock, but a transaction that read before
+    it wrote is refused at once ("database is locked") when another writer holds the lock. Such a write changed
+    nothing, so trying it again is safe; many trials logging to the default store at once need it.
+    """
+    global _retries
+    for attempt in range(LOCKED_STORE_TRIES):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == LOCKED_STORE_TRIES - 1 or not _store_busy(error):
+                raise
+            _retries += 1
+            wait = min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.5)
+            logger.warning("%s: the tracking store is busy (%s); trying again in %.1f s", what,
+                           str(error).splitlines()[0][:200], wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def default_tracking_uri(cwd: Path | None = None) -> str:
@@ -113,31 +150,57 @@ class RunLogger:
                  for step, metrics in records for k, v in metrics.items()]
         client = self.client()
         for start in range(0, len(batch), 1000):
-            client.log_batch(self.run_id, metrics=batch[start:start + 1000], synchronous=True)
+            self._log_batch(client, "log metrics", metrics=batch[start:start + 1000])
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in params.items()]
+        client = self.client()
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self.client().log_batch(self.run_id, params=items[start:start + 100], synchronous=True)
+            self._log_batch(client, "log params", params=items[start:start + 100])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        client = self.client()
-        for key, value in tags.items():
-            client.set_tag(self.run_id, key, str(value))
+        from mlflow.entities import RunTag
 
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        client = self.client()
+        for start in range(0, len(items), 100):
+            self._log_batch(client, "set tags", tags=items[start:start + 100])
+
+    def _log_batch(self, client, what: str, **entities) -> None:
+        when_store_free(lambda: client.log_batch(self.run_id, synchronous=True, **entities), what)
+
+    def set_status(self, status: str) -> None:
+        client = self.client()
+        when_store_free(lambda: client.update_run(self.run_id, status=status), "update run status")
+
+    def get_run(self):
+        client = self.client()
+        return when_store_free(lambda: client.get_run(self.run_id), "read run")
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        client = self.client()
+        history = when_store_free(lambda: client.get_metric_history(self.run_id, key), "read metric history")
+        return [(m.step, m.value) for m in history]
+
+    # Artifacts are files, but the client reads the run's artifact location from the store first; writing a file
+    # again is harmless, so these wait for a busy store too.
     def log_figure(self, figure, artifact_file: str) -> None:
-        self.client().log_figure(self.run_id, figure, artifact_file)
+        client = self.client()
+        when_store_free(lambda: client.log_figure(self.run_id, figure, artifact_file), "log figure")
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
-        self.client().log_dict(self.run_id, mask_secrets(dict(dictionary)), artifact_file)
+        client, masked = self.client(), mask_secrets(dict(dictionary))
+        when_store_free(lambda: client.log_dict(self.run_id, masked, artifact_file), "log dict")
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        self.client().log_artifact(self.run_id, str(local_path), artifact_path)
+        client = self.client()
+        when_store_free(lambda: client.log_artifact(self.run_id, str(local_path), artifact_path), "log artifact")
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client().log_artifacts(self.run_id, str(local_dir), artifact_path)
+        client = self.client()
+        when_store_free(lambda: client.log_artifacts(self.run_id, str(local_dir), artifact_path), "log artifacts")
 
 
 def environment_info() -> dict[str, str]:

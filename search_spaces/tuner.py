@@ -55,7 +55,7 @@ class SearchSettings:
     trials: int
     seed: int = 0
     max_concurrent: int | None = None  # None: as many trials as the cluster's resources hold
-    max_failures: int = 2  # retries per trial (a lost worker or node), each from the trial's last checkpoint
+    max_failures: int = 2  # retries per trial (a lost worker or node), each from its last checkpoint; -1: forever
     verbose: int = 1
     sampler: Literal["tpe", "random"] = "tpe"  # random: the baseline TPE is measured against
     early_stopping: bool = True  # False: every trial runs all its epochs, whatever the space says
@@ -67,6 +67,8 @@ class SearchSettings:
         for name in ("checkpoints_to_keep", "keep_best"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures: must be -1 (retry forever) or at least 0, got {self.max_failures}")
 
 
 def trial_resources(config: TrainConfig) -> dict[str, float]:

@@ -57,6 +57,9 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise UserInputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UserInputError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a {what} is YAML text") \
+            from None
     try:
         data = load_yaml_text(text)
     except yaml.YAMLError as exc:

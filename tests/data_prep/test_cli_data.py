@@ -50,3 +50,25 @@ def test_info_on_a_folder_without_stores(tmp_path: Path, capsys) -> None:
     assert main(["data", "info", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"celltune: error: {tmp_path}: no celltune stores (run `celltune " \
                                               f"data prep SRC --out {tmp_path}`)"
+
+
+@pytest.mark.ray
+def test_an_error_found_in_a_ray_task_is_the_only_line_on_stderr(tmp_path: Path) -> None:
+    """A fresh process starts its own local Ray; Ray's token-authentication notice must not come before (issue 18)."""
+    import os
+    import subprocess
+    import sys
+
+    from celltune.data_prep.synth import SynthSpec, generate_dataset
+
+    generate_dataset(tmp_path / "src", SynthSpec(name="Cut-2D", frames=3, size=32, cells=2, seed=1),
+                     show_progress=False)
+    frame = tmp_path / "src" / "Cut-2D" / "01" / "t001.tif"
+    frame.write_bytes(frame.read_bytes()[:100])  # truncated: found while converting, inside a Ray task
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-m", "celltune.platform", "data", "prep", str(tmp_path / "src"),
+                           "--out", str(tmp_path / "stores"), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("celltune: error: ") and "t001.tif" in done.stderr

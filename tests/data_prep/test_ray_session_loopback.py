@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -78,3 +79,41 @@ def test_local_ray_listens_on_loopback_only():
     finally:
         os.killpg(process.pid, 9)
         process.wait()
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def test_a_driver_killed_without_shutdown_leaves_no_ray_process_behind():
+    """SIGKILL (or the OOM killer) skips `ray.shutdown()`: Ray's agents used to outlive their driver (issue 18)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, env=env, start_new_session=True)
+    try:
+        assert process.stdout.readline().startswith("READY"), "local Ray did not start"
+        ray_processes: set[int] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the agents start after ray.init returns
+            ray_processes |= _tree(process.pid)
+            names = {Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in ray_processes if _running(pid)}
+            if sum(b"Agent" in name for name in names) >= 2:
+                break
+            time.sleep(0.2)
+        assert sum(b"Agent" in name for name in names) >= 2, names
+    finally:
+        os.kill(process.pid, 9)  # the driver alone, as the OOM killer does
+        process.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_running(pid) for pid in ray_processes):
+            time.sleep(0.5)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in ray_processes if _running(pid)}
+        assert not left, f"still running 30 s after their driver was killed: {left}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)

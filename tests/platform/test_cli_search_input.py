@@ -16,6 +16,8 @@ from celltune.platform.cli import main
     (["--name", "nosuch", "--resume"], "--resume: no search named 'nosuch'"),
     (["--max-concurrent", "0"], "--max-concurrent 0: must be at least 1"),
     (["--max-concurrent", "-1"], "--max-concurrent -1: must be at least 1"),
+    (["--max-failures", "-2"], "--max-failures -2: must be -1 (restart a trial as often as it takes) or at least 0"),
+    (["--name", "s", "--resume", "--max-failures", "-1"], "leave out --max-failures"),
 ])
 def test_bad_search_input_is_one_line_exit_2(demo_stores, tmp_path, capsys, extra, message):
     code = main(["search", "--space", "demo", "--stores", str(demo_stores), "--storage", str(tmp_path / "s"),
