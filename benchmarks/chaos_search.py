@@ -59,6 +59,7 @@ class ArmResult:
     replaced: int = 0  # trials started in the instant before the driver kill, before Tune saved them: run again
     repeated_epochs: int = 0
     nodes_used: int = 0  # Ray node ids trials reported from (a restarted node comes back with a new id)
+    concurrent_on_two_nodes: bool = False  # two trials trained at the same time, each on its own node
     failures: list[str] = field(default_factory=list)
 
 
@@ -82,7 +83,8 @@ def demo_stores(folder: Path) -> Path:
               "print(run_demo(Path(sys.argv[1]), show_progress=False).stores)")
     done = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"chaos: could not make the demo stores: {done.stderr.strip().splitlines()[-1:]}")
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise SystemExit(f"chaos: could not make the demo stores: {last}")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -104,6 +106,13 @@ def trial_results(experiment: Path) -> dict[str, list[dict]]:
 
 def finished(results: list[dict], epochs: int) -> bool:
     return bool(results) and int(results[-1]["epoch"]) >= epochs
+
+
+def ran_side_by_side(trials: list[list[dict]]) -> bool:
+    """Whether two trials reported from different nodes at overlapping times (the search used both workers)."""
+    spans = [(r["timestamp"] - r["time_this_iter_s"], r["timestamp"], r["node_id"], index)
+             for index, lines in enumerate(trials) for r in lines]
+    return any(a[3] != b[3] and a[2] != b[2] and a[0] < b[1] and b[0] < a[1] for a in spans for b in spans)
 
 
 def is_trial(pid: int) -> bool:
@@ -149,7 +158,8 @@ class NodeKiller:
             self.kills.append((round(time.monotonic() - start, 1), node.name))
             print(f"chaos: killed node {node.name}{' (running a trial)' if busy else ''} at {self.kills[-1][0]} s "
                   f"({len(self.kills)} kills)", flush=True)
-            self._stop.wait(self.restart_after)
+            if self._stop.wait(self.restart_after):
+                return  # the search is over; the cluster is about to be stopped
             self.cluster.restart(node)
 
 
@@ -238,7 +248,7 @@ def check(result: ArmResult, args: argparse.Namespace, experiment: Path, log: Pa
     out = log.read_text()
     fail = result.failures.append
     if result.exit_code != 0:
-        fail(f"the search exited {result.exit_code}: {out.strip().splitlines()[-1:] if out.strip() else ''}")
+        fail(f"the search exited {result.exit_code}: {out.strip().splitlines()[-1] if out.strip() else ''}")
     if f"{args.trials} trials ({args.trials} completed, 0 stopped early by ASHA, 0 failed)" not in out:
         fail("the summary does not say every trial completed")
     results = trial_results(experiment)
@@ -252,12 +262,15 @@ def check(result: ArmResult, args: argparse.Namespace, experiment: Path, log: Pa
         fail(f"{result.trials} trials reported results, {args.trials} were asked for")
     result.completed = sum(finished(lines, args.epochs) for lines in results.values())
     result.nodes_used = len({r["node_id"] for lines in results.values() for r in lines})
+    result.concurrent_on_two_nodes = ran_side_by_side(list(results.values()))
     for name, lines in results.items():
         epochs = [int(r["epoch"]) for r in lines]
         if not finished(lines, args.epochs):
             fail(f"{name} stopped at epoch {max(epochs, default=0)} of {args.epochs}")
         elif sorted(set(epochs)) != list(range(1, args.epochs + 1)):
             fail(f"{name} skipped epochs: {epochs}")
+        elif len(epochs) != len(set(epochs)):  # a restart went back further than its last checkpoint
+            fail(f"{name} reported epochs twice: {epochs}")
         result.repeated_epochs += len(epochs) - len(set(epochs))
         result.trial_restarts += len({int(r["pid"]) for r in lines}) - 1 if lines else 0
     for name, count in done_before_kill.items():
@@ -281,9 +294,9 @@ def check(result: ArmResult, args: argparse.Namespace, experiment: Path, log: Pa
     if ran - set(per_trial):
         fail(f"trials without a child run: {sorted(ran - set(per_trial))}")
     for trial in set(per_trial) - ran:
-        (child,) = per_trial[trial]
-        if child.data.tags.get("celltune.trial_status") != "lost" or child.info.status != "KILLED":
-            fail(f"child run {child.info.run_name} of trial {trial} has no results and is not marked lost")
+        for child in per_trial[trial]:
+            if child.data.tags.get("celltune.trial_status") != "lost" or child.info.status != "KILLED":
+                fail(f"child run {child.info.run_name} of trial {trial} has no results and is not marked lost")
     if len(set(per_trial) - ran) > len(unsaved):
         fail(f"{len(set(per_trial) - ran)} child runs without results, {len(unsaved)} unsaved trials")
 

@@ -1,5 +1,5 @@
 """A Ray cluster of separate `ray start --block` nodes on this machine, each of which can be stopped, killed and
-started again on its own: what the multi-node test and the chaos search (`chaos_search.py`) run searches on.
+started again on its own: what the chaos search (`chaos_search.py`, and its short version in the tests) runs on.
 
 Every node runs with token authentication (the cluster's own token), its own temp dir and no dashboard. Each
 node's processes carry a marker in their environment, so one node can be stopped alone and nothing outlives
@@ -27,36 +27,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from process_groups import free_port
+
+from celltune.data_prep.ray_reaper import marked
+
 RAY = str(Path(sys.executable).with_name("ray"))
 MARKER = "CELLTUNE_TEST_RAY_NODE"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _environ_of(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
 def processes_marked(value: str) -> list[int]:
-    needle = f"{MARKER}={value}\0".encode()
-    pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-    return [pid for pid in pids if pid != os.getpid() and needle in _environ_of(pid) and alive(pid)]
+    """The running processes of the node whose marker is ``value``."""
+    return marked(value, env=MARKER)
 
 
 @dataclass

@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from process_groups import free_port, stop_process_group
+
 STEPS_PER_BATCH, STEP_METRICS, EVAL_METRICS, EVAL_EVERY, PARAMS = 10, 4, 6, 5, 60
 
 
@@ -107,19 +109,13 @@ def play_trial(uri: str, run_id: str, seconds: float, ready: Path, go: Path, out
     out.write_text(json.dumps(asdict(written)))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
                f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "server-artifacts")]
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with (folder / "server.log").open("w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -128,7 +124,7 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return server, f"http://127.0.0.1:{port}"
         time.sleep(0.5)
-    server.kill()
+    stop_process_group(server)
     raise SystemExit("tracking_load: mlflow server did not listen within 120 s")
 
 
@@ -144,6 +140,7 @@ def run_store(store: str, processes: int, seconds: float, folder: Path) -> Store
     else:
         uri = f"sqlite:///{folder / 'mlflow.db'}"
     result = StoreResult(store, processes, seconds)
+    workers: list[tuple[subprocess.Popen, Path]] = []
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment = experiment_id(client, "tracking-load", uri)
@@ -151,11 +148,11 @@ def run_store(store: str, processes: int, seconds: float, folder: Path) -> Store
         runs = [client.create_run(experiment, run_name=f"trial-{i:02d}", tags={"mlflow.parentRunId": parent})
                 .info.run_id for i in range(processes)]
         go = folder / "go"
-        workers = []
         for index, run_id in enumerate(runs):
             ready, out = folder / f"ready-{index}", folder / f"written-{index}.json"
             command = [sys.executable, __file__, "--play", uri, run_id, str(seconds), str(ready), str(go), str(out)]
-            workers.append((subprocess.Popen(command, stderr=(folder / f"worker-{index}.log").open("w")), out))
+            with (folder / f"worker-{index}.log").open("w") as log:
+                workers.append((subprocess.Popen(command, stderr=log), out))
         deadline = time.monotonic() + 300
         while sum((folder / f"ready-{i}").exists() for i in range(processes)) < processes:
             if time.monotonic() > deadline or any(p.poll() is not None for p, _ in workers):
@@ -179,9 +176,12 @@ def run_store(store: str, processes: int, seconds: float, folder: Path) -> Store
             result.figures += written.figures
             result.lost += count_lost(client, run_id, written, result.problems)
     finally:
+        for process, _ in workers:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            stop_process_group(server)
     return result
 
 

@@ -31,15 +31,15 @@ def running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-def marked(marker: str) -> list[int]:
-    """The processes (other than this one) whose environment holds ``OWNER_ENV=marker``."""
-    needle = f"{OWNER_ENV}={marker}\0".encode()
+def marked(marker: str, env: str = OWNER_ENV) -> list[int]:
+    """The running processes (other than this one) whose environment holds ``env=marker``."""
+    needle = f"{env}={marker}\0".encode()
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            if needle in Path(f"/proc/{entry}/environ").read_bytes():
+            if needle in Path(f"/proc/{entry}/environ").read_bytes() and running(int(entry)):
                 found.append(int(entry))
         except OSError:
             continue

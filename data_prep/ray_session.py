@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_reapers: list[subprocess.Popen] = []  # kept, so Python neither warns about them nor leaves them as zombies
 WORKER_LOGS_ENV = "CELLTUNE_WORKER_LOGS"  # "1": Ray forwards every worker's output to this console (`-v`)
 
 
@@ -94,9 +95,10 @@ def _start_reaper(marker: str) -> None:
     (:mod:`celltune.data_prep.ray_reaper`); in a session of its own, so Ctrl+C to the driver's group misses it."""
     if not sys.platform.startswith("linux"):
         return
-    subprocess.Popen([sys.executable, "-m", "celltune.data_prep.ray_reaper", str(os.getpid()), marker],
+    _reapers[:] = [reaper for reaper in _reapers if reaper.poll() is None]  # collects the finished ones
+    _reapers.append(subprocess.Popen([sys.executable, "-m", "celltune.data_prep.ray_reaper", str(os.getpid()), marker],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+                     start_new_session=True, close_fds=True))
 
 
 def task_events(running: dict, describe) -> Iterator[tuple[Any, Any, str, Any]]:

@@ -89,7 +89,7 @@ class MlflowTrialHooks:
             [self.experiment_id],
             filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
             max_results=1,
-        ), "find a trial's run")
+        ), "find a trial's run", self.tracking_uri)
         if found:
             return found[0].info.run_id
         if trial_name is None:
@@ -98,7 +98,7 @@ class MlflowTrialHooks:
                 TRIAL_TAG: trial_id, SEARCH_TAG: self.search_name,
                 "celltune.sample": json.dumps(dict(sample or {}), sort_keys=True, default=str)[:5000]}
         return when_store_free(lambda: client.create_run(self.experiment_id, run_name=trial_name, tags=tags),
-                               "create a trial's run").info.run_id
+                               "create a trial's run", self.tracking_uri).info.run_id
 
     def observer_for(self, trial_id: str, trial_name: str, sample: Mapping[str, Any],
                      config: TrainConfig) -> MlflowObserver:

@@ -46,14 +46,17 @@ def _store_busy(error: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def when_store_free(call: Callable[[], _T], what: str = "MLflow write") -> _T:
-    """``call()``, tried again with a jittered back-off while the tracking store says it is busy.
+def when_store_free(call: Callable[[], _T], what: str = "MLflow write", uri: str | None = None) -> _T:
+    """``call()``, tried again with a jittered back-off while a SQLite tracking store says it is busy.
 
     SQLite allows one writer at a time; MLflow waits up to 20 s for the lock, but a transaction that read before
     it wrote is refused at once ("database is locked") when another writer holds the lock. Such a write changed
-    nothing, so trying it again is safe; many trials logging to the default store at once need it.
+    nothing, so trying it again is safe; many trials logging to the default store at once need it. With a
+    tracking server (``uri`` not ``sqlite:``) MLflow's HTTP client does its own retrying.
     """
     global _retries
+    if uri is not None and not uri.startswith("sqlite:"):
+        return call()
     for attempt in range(LOCKED_STORE_TRIES):
         try:
             return call()
@@ -141,8 +144,6 @@ class RunLogger:
 
     def log_metric_records(self, records: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Many steps' metrics in as few requests as MLflow allows (1000 metrics per batch)."""
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -168,39 +169,42 @@ class RunLogger:
         for start in range(0, len(items), 100):
             self._log_batch(client, "set tags", tags=items[start:start + 100])
 
+    def _free(self, call: Callable[[], _T], what: str) -> _T:
+        return when_store_free(call, what, self.tracking_uri)
+
     def _log_batch(self, client, what: str, **entities) -> None:
-        when_store_free(lambda: client.log_batch(self.run_id, synchronous=True, **entities), what)
+        self._free(lambda: client.log_batch(self.run_id, synchronous=True, **entities), what)
 
     def set_status(self, status: str) -> None:
         client = self.client()
-        when_store_free(lambda: client.update_run(self.run_id, status=status), "update run status")
+        self._free(lambda: client.update_run(self.run_id, status=status), "update run status")
 
     def get_run(self):
         client = self.client()
-        return when_store_free(lambda: client.get_run(self.run_id), "read run")
+        return self._free(lambda: client.get_run(self.run_id), "read run")
 
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         client = self.client()
-        history = when_store_free(lambda: client.get_metric_history(self.run_id, key), "read metric history")
+        history = self._free(lambda: client.get_metric_history(self.run_id, key), "read metric history")
         return [(m.step, m.value) for m in history]
 
     # Artifacts are files, but the client reads the run's artifact location from the store first; writing a file
     # again is harmless, so these wait for a busy store too.
     def log_figure(self, figure, artifact_file: str) -> None:
         client = self.client()
-        when_store_free(lambda: client.log_figure(self.run_id, figure, artifact_file), "log figure")
+        self._free(lambda: client.log_figure(self.run_id, figure, artifact_file), "log figure")
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         client, masked = self.client(), mask_secrets(dict(dictionary))
-        when_store_free(lambda: client.log_dict(self.run_id, masked, artifact_file), "log dict")
+        self._free(lambda: client.log_dict(self.run_id, masked, artifact_file), "log dict")
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         client = self.client()
-        when_store_free(lambda: client.log_artifact(self.run_id, str(local_path), artifact_path), "log artifact")
+        self._free(lambda: client.log_artifact(self.run_id, str(local_path), artifact_path), "log artifact")
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         client = self.client()
-        when_store_free(lambda: client.log_artifacts(self.run_id, str(local_dir), artifact_path), "log artifacts")
+        self._free(lambda: client.log_artifacts(self.run_id, str(local_dir), artifact_path), "log artifacts")
 
 
 def environment_info() -> dict[str, str]:

@@ -480,7 +480,11 @@ def load_space(
     try:
         base_config = TrainConfig.model_validate(copy.deepcopy(tree))
     except ValidationError as exc:
-        raise UserInputError(f"{source}: base config: {describe_validation_error(exc)}") from None
+        problem = describe_validation_error(exc)
+        if spec.base_config is not None:  # in the user's words: the keys under base_config
+            where = "base_config" if problem.startswith("file: ") else "base_config."
+            raise UserInputError(f"{source}: {where}{problem.removeprefix('file')}") from None
+        raise UserInputError(f"{source}: base config: {problem}") from None
     _check_objective(source, spec.objective, base_config.data.dataset_names)
 
     kinds = _SpaceChecker(source, tree, parameters).run()

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from celltune.data_prep.common import UserInputError
+from celltune.data_prep.common import UserInputError, did_you_mean
 
 
 class _Loader(yaml.SafeLoader):
@@ -75,6 +75,9 @@ _TYPE_TAG = re.compile(r"^(constrained-|function-|literal\[|int$|float$|str$|boo
                        r"lax-|strict-|json-or-python\[|is-instance\[|nullable\[|none$)")
 
 
+_CLASS_ALTERNATIVE = re.compile(r" or instance of \w+")  # "a valid dictionary or instance of DataConfig"
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem as ``dotted.key: problem`` (one line), in the user's keys: pydantic's type tags of
     union members (``constrained-int``, ``dict[str,...]``) are left out, and the alternatives a union tried are
@@ -84,15 +87,19 @@ def describe_validation_error(exc: ValidationError) -> str:
     def key_path(error) -> str:
         return ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and _TYPE_TAG.match(p)))
 
-    # a union tried as a scalar and as a mapping reports both; the deepest path is where the user's value went wrong
-    first = max(errors, key=lambda error: len(key_path(error).split(".")))
+    # a union tried as a scalar and as a mapping reports both; the deepest path is where the user's value went wrong,
+    # and of equal depth an unknown key goes first (a misspelt key also makes its right spelling "missing")
+    first = max(errors, key=lambda error: (len(key_path(error).split(".")), error["type"] == "extra_forbidden"))
     path = key_path(first)
     same = [error for error in errors if key_path(error) == path]
     messages: list[str] = []
     for error in same:
-        message = str(error["msg"]).removeprefix("Value error, ")
+        message = _CLASS_ALTERNATIVE.sub("", str(error["msg"]).removeprefix("Value error, "))
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            missing = [str(e["loc"][-1]) for e in errors
+                       if e["type"] == "missing" and e["loc"][:-1] == error["loc"][:-1]]
+            hint = did_you_mean(error["loc"][-1], missing)
+            message = f"unknown key ({hint})" if hint else "unknown key"
         elif error["type"] == "literal_error":
             message = message[0].lower() + message[1:]
         message = message[0].lower() + message[1:] if messages else message

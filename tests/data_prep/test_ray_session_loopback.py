@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from celltune.data_prep.ray_reaper import running
+
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
 
 LOOPBACK4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
@@ -81,12 +83,11 @@ def test_local_ray_listens_on_loopback_only():
         process.wait()
 
 
-def _running(pid: int) -> bool:
+def _cmdline(pid: int) -> bytes:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
+        return Path(f"/proc/{pid}/cmdline").read_bytes()[:200]
+    except OSError:  # ended meanwhile
+        return b""
 
 
 def test_a_driver_killed_without_shutdown_leaves_no_ray_process_behind():
@@ -100,7 +101,7 @@ def test_a_driver_killed_without_shutdown_leaves_no_ray_process_behind():
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # the agents start after ray.init returns
             ray_processes |= _tree(process.pid)
-            names = {Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in ray_processes if _running(pid)}
+            names = {_cmdline(pid) for pid in ray_processes if running(pid)}
             if sum(b"Agent" in name for name in names) >= 2:
                 break
             time.sleep(0.2)
@@ -110,9 +111,9 @@ def test_a_driver_killed_without_shutdown_leaves_no_ray_process_behind():
         process.wait()
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_running(pid) for pid in ray_processes):
+        while time.monotonic() < deadline and any(running(pid) for pid in ray_processes):
             time.sleep(0.5)
-        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in ray_processes if _running(pid)}
+        left = {pid: _cmdline(pid) for pid in ray_processes if running(pid)}
         assert not left, f"still running 30 s after their driver was killed: {left}"
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from server_processes import free_port, stop_process_group
+from process_groups import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_DIR = ROOT / "deploy" / "mlflow"

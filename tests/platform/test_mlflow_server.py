@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from mlflow import MlflowClient
-from server_processes import free_port, stop_process_group
+from process_groups import free_port, stop_process_group
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

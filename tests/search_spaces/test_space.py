@@ -195,7 +195,7 @@ def test_conditions_are_sorted_after_what_they_name(tmp_path):
     (BASE + "paramters: {}\n", "", "paramters: unknown key"),
     (BASE + "base: train.yaml\n", "", "give base or base_config, not both"),
     ("name: t\n", "", "no base training config; set base or base_config, or pass one"),
-    (BASE.replace("crop: 64", "crop: -1"), "", "base config: data.crop"),
+    (BASE.replace("crop: 64", "crop: -1"), "", "base_config.data.crop: got -1"),
     (BASE, "postprocess: {parameters: {min_aera: {int: [1, 9]}}}\n",
      "postprocess.parameters.min_aera: not a post-processing parameter of tertiary models; did you mean 'min_area'?"),
     (BASE, "postprocess: {parameters: {min_area: {int: [1, 9], when: {grow: 1}}}}\n",

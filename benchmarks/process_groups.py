@@ -1,4 +1,4 @@
-"""Servers tests start in their own process group (mlflow server and its workers): a free port and a clean stop."""
+"""Processes started in their own process group (servers, Ray nodes): a free port and a clean stop of the group."""
 
 from __future__ import annotations
 
