@@ -6,7 +6,7 @@ OOM killer): Ray 2.60's GCS and raylet go with their driver, but its dashboard a
 signal to the driver's process group does not reach it. It waits for the driver to end, then SIGKILLs every
 process that carries the marker, and exits. Linux only (it reads /proc).
 
-    python -m celltune.data_prep.ray_reaper DRIVER_PID MARKER
+    python -m celltune.data_prep.ray_reaper DRIVER_PID MARKER PID,PID,...   (the instance's processes so far)
 """
 
 from __future__ import annotations
@@ -33,23 +33,29 @@ def running(pid: int) -> bool:
 
 def marked(marker: str, env: str = OWNER_ENV) -> list[int]:
     """The running processes (other than this one) whose environment holds ``env=marker``."""
-    needle = f"{env}={marker}\0".encode()
+    return _with_environ([f"{env}={marker}\0".encode()])
+
+
+def _with_environ(needles: list[bytes]) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            if needle in Path(f"/proc/{entry}/environ").read_bytes() and running(int(entry)):
-                found.append(int(entry))
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue
+        if any(needle in environ for needle in needles) and running(int(entry)):
+            found.append(int(entry))
     return found
 
 
-def reap(marker: str) -> int:
-    """SIGKILL every marked process; returns how many were signalled."""
+def reap(marker: str, known: set[int]) -> int:
+    """SIGKILL every marked process, and the agents of the raylets among ``known`` (Ray starts its agents with an
+    environment of their own, which names their raylet but not the marker); returns how many were signalled."""
+    agents = _with_environ([f"RAY_RAYLET_PID={pid}\0".encode() for pid in known]) if known else []
     count = 0
-    for pid in marked(marker):
+    for pid in {*marked(marker), *agents}:
         try:
             os.kill(pid, signal.SIGKILL)
             count += 1
@@ -58,17 +64,23 @@ def reap(marker: str) -> int:
     return count
 
 
-def watch(driver: int, marker: str) -> None:
-    """Until the driver ends (then reap) or its instance has gone on its own (`ray.shutdown()`: nothing to do)."""
+def watch(driver: int, marker: str, started: set[int]) -> None:
+    """Until the driver ends (then reap) or its instance has gone on its own (`ray.shutdown()`: nothing to do).
+    ``started``: the instance's processes as the driver saw them (its raylet among them: a driver killed at once
+    takes the raylet along before this process could see it)."""
+    known = started | set(marked(marker))
     checks = 0
     while running(driver):
         time.sleep(POLL_S)
         checks += 1
-        if checks % CHECK_INSTANCE_EVERY == 0 and not marked(marker):
-            return
-    reap(marker)
+        if checks % CHECK_INSTANCE_EVERY == 0:
+            now = marked(marker)
+            if not now:
+                return
+            known |= set(now)
+    reap(marker, known)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the driver, which shuts Ray down itself
-    watch(int(sys.argv[1]), sys.argv[2])
+    watch(int(sys.argv[1]), sys.argv[2], {int(pid) for pid in sys.argv[3].split(",") if pid})

@@ -95,10 +95,13 @@ def _start_reaper(marker: str) -> None:
     (:mod:`celltune.data_prep.ray_reaper`); in a session of its own, so Ctrl+C to the driver's group misses it."""
     if not sys.platform.startswith("linux"):
         return
+    from celltune.data_prep.ray_reaper import marked
+
     _reapers[:] = [reaper for reaper in _reapers if reaper.poll() is None]  # collects the finished ones
-    _reapers.append(subprocess.Popen([sys.executable, "-m", "celltune.data_prep.ray_reaper", str(os.getpid()), marker],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True))
+    started = ",".join(str(pid) for pid in marked(marker))  # the raylet among them, while it surely runs
+    command = [sys.executable, "-m", "celltune.data_prep.ray_reaper", str(os.getpid()), marker, started]
+    _reapers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True))
 
 
 def task_events(running: dict, describe) -> Iterator[tuple[Any, Any, str, Any]]:
