@@ -29,15 +29,33 @@ from pathlib import Path
 
 from process_groups import free_port
 
-from celltune.data_prep.ray_reaper import marked
-
 RAY = str(Path(sys.executable).with_name("ray"))
 MARKER = "CELLTUNE_TEST_RAY_NODE"
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
 def processes_marked(value: str) -> list[int]:
-    """The running processes of the node whose marker is ``value``."""
-    return marked(value, env=MARKER)
+    """The running processes of the node whose marker is ``value`` (in their environment)."""
+    needle = f"{MARKER}={value}\0".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ and alive(int(entry)):
+            found.append(int(entry))
+    return found
 
 
 @dataclass

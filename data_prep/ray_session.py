@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +11,6 @@ logger = logging.getLogger(__name__)
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_reapers: list[subprocess.Popen] = []  # kept, so Python neither warns about them nor leaves them as zombies
 WORKER_LOGS_ENV = "CELLTUNE_WORKER_LOGS"  # "1": Ray forwards every worker's output to this console (`-v`)
 
 
@@ -58,13 +54,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # only, so a later `ray start` of the user's (or a test's) cluster is not affected.
     from ray._private import ray_constants
 
-    from celltune.data_prep.ray_reaper import OWNER_ENV
-
     previous_env = os.environ.get(LOCAL_ONLY_ENV)
     previous_flag = ray_constants.ENABLE_RAY_CLUSTER
-    marker = f"{os.getpid()}-{secrets.token_hex(4)}"
     os.environ[LOCAL_ONLY_ENV] = "0"
-    os.environ[OWNER_ENV] = marker  # inherited by every process of the instance: what the reaper finds
     ray_constants.ENABLE_RAY_CLUSTER = False
     # Ray 2.60 turns token authentication on for a new local instance (as celltune wants) and says so with a
     # warning that would come before every one-line error of ours; keep the setting, drop the notice.
@@ -82,26 +74,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     finally:
         notice.setLevel(previous_level)
         ray_constants.ENABLE_RAY_CLUSTER = previous_flag
-        os.environ.pop(OWNER_ENV, None)
         if previous_env is None:
             os.environ.pop(LOCAL_ONLY_ENV, None)
         else:
             os.environ[LOCAL_ONLY_ENV] = previous_env
-    _start_reaper(marker)
-
-
-def _start_reaper(marker: str) -> None:
-    """The watcher that stops this instance's processes if this process dies without `ray.shutdown()`
-    (:mod:`celltune.data_prep.ray_reaper`); in a session of its own, so Ctrl+C to the driver's group misses it."""
-    if not sys.platform.startswith("linux"):
-        return
-    from celltune.data_prep.ray_reaper import marked
-
-    _reapers[:] = [reaper for reaper in _reapers if reaper.poll() is None]  # collects the finished ones
-    started = ",".join(str(pid) for pid in marked(marker))  # the raylet among them, while it surely runs
-    command = [sys.executable, "-m", "celltune.data_prep.ray_reaper", str(os.getpid()), marker, started]
-    _reapers.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True))
 
 
 def task_events(running: dict, describe) -> Iterator[tuple[Any, Any, str, Any]]:

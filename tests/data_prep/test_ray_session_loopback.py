@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -10,8 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from celltune.data_prep.ray_reaper import running
 
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")]
 
@@ -81,40 +78,3 @@ def test_local_ray_listens_on_loopback_only():
     finally:
         os.killpg(process.pid, 9)
         process.wait()
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()[:200]
-    except OSError:  # ended meanwhile
-        return b""
-
-
-def test_a_driver_killed_without_shutdown_leaves_no_ray_process_behind():
-    """SIGKILL (or the OOM killer) skips `ray.shutdown()`: Ray's agents used to outlive their driver (issue 18)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, env=env, start_new_session=True)
-    try:
-        assert process.stdout.readline().startswith("READY"), "local Ray did not start"
-        ray_processes: set[int] = set()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the agents start after ray.init returns
-            ray_processes |= _tree(process.pid)
-            names = {_cmdline(pid) for pid in ray_processes if running(pid)}
-            if sum(b"Agent" in name for name in names) >= 2:
-                break
-            time.sleep(0.2)
-        assert sum(b"Agent" in name for name in names) >= 2, names
-    finally:
-        os.kill(process.pid, 9)  # the driver alone, as the OOM killer does
-        process.wait()
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(running(pid) for pid in ray_processes):
-            time.sleep(0.5)
-        left = {pid: _cmdline(pid) for pid in ray_processes if running(pid)}
-        assert not left, f"still running 30 s after their driver was killed: {left}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
