@@ -41,27 +41,29 @@ def retries_on_busy_store() -> int:
     return _retries
 
 
-def _store_busy(error: BaseException) -> bool:
-    text = str(error).lower()  # only the lock: other database errors would not go away by waiting
-    return "database is locked" in text or "database table is locked" in text
+def _store_busy(error: BaseException, uri: str | None) -> bool:
+    text = str(error).lower()
+    if uri is not None and not uri.startswith("sqlite:"):
+        # MLflow's HTTP client retries the server's 429/5xx itself; an exception inside its request (a dropped
+        # connection, a race in its own telemetry headers under many threads) reaches us as this wrapper
+        return text.startswith("api request to") and "failed with exception" in text
+    return "database is locked" in text or "database table is locked" in text  # not other database errors
 
 
 def when_store_free(call: Callable[[], _T], what: str = "MLflow write", uri: str | None = None) -> _T:
-    """``call()``, tried again with a jittered back-off while a SQLite tracking store says it is busy.
+    """``call()``, tried again with a jittered back-off while a SQLite tracking store says it is busy (or a request
+    to a tracking server failed inside the client).
 
     SQLite allows one writer at a time; MLflow waits up to 20 s for the lock, but a transaction that read before
     it wrote is refused at once ("database is locked") when another writer holds the lock. Such a write changed
-    nothing, so trying it again is safe; many trials logging to the default store at once need it. With a
-    tracking server (``uri`` not ``sqlite:``) MLflow's HTTP client does its own retrying.
+    nothing, so trying it again is safe; many trials logging to the default store at once need it.
     """
     global _retries
-    if uri is not None and not uri.startswith("sqlite:"):
-        return call()
     for attempt in range(LOCKED_STORE_TRIES):
         try:
             return call()
         except Exception as error:
-            if attempt == LOCKED_STORE_TRIES - 1 or not _store_busy(error):
+            if attempt == LOCKED_STORE_TRIES - 1 or not _store_busy(error, uri):
                 raise
             _retries += 1
             wait = min(30.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.5)

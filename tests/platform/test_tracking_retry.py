@@ -64,3 +64,14 @@ def test_run_logger_writes_through_a_locked_store(tmp_path, monkeypatch):
     monkeypatch.setattr(MlflowClient, "log_batch", locked_twice)
     tracking.RunLogger(uri, run_id).log_metric_records([(step, {"loss": float(step)}) for step in range(5)])
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_request_that_failed_inside_the_client_is_tried_again_against_a_server():
+    error = MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed with "
+                            "exception '_MLFLOW_TELEMETRY_SESSION_ID'")
+    call = FlakyCall(2, error)
+    assert tracking.when_store_free(call, uri="http://127.0.0.1:5000") == "written" and call.calls == 3
+    refused = FlakyCall(1, MlflowException("RESOURCE_DOES_NOT_EXIST: Run 'abc' not found"))
+    with pytest.raises(MlflowException, match="not found"):
+        tracking.when_store_free(refused, uri="http://127.0.0.1:5000")
+    assert refused.calls == 1
