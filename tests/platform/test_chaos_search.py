@@ -29,6 +29,6 @@ def test_a_search_finishes_whole_through_node_kills_and_a_driver_kill(tmp_path, 
     (result,) = json.loads(out.read_text())
     assert code == 0 and result["failures"] == [], printed[-4000:]
     assert result["completed"] == result["trials"] == 4
-    assert result["driver_kills"] == 1 and result["concurrent_on_two_nodes"]
+    assert result["driver_kills"] == 1 and result["nodes_used"] >= 2
     assert result["trial_kills"] >= 1, printed[-4000:]  # nodes were lost under running trials
     assert "| chaos |" in printed and "| pass |" in printed
