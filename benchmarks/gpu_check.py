@@ -1,15 +1,17 @@
 """The GPU path measured in one run (issue 14): model step rates, the data path, a short universal run, predict.
 
-Four sections, each printed as a table (and written to ``--out``):
+Sections, run in this order (the most wanted figures first, each on its own: one that fails is reported and the
+next runs), each printed as a table and written to ``--out`` as soon as it is done:
 
 * **models**: forward + backward samples/s of full-width ``xbnet`` and ``unet`` at 512x512 for batch sizes
-  8/16/32 in fp32, bf16 autocast, bf16 + channels-last (+ ``torch.compile`` with ``--compile``), ratio against
+  8/16/32 in fp32, bf16 autocast, bf16 + channels-last (``--compile`` adds a last section with
+  ``torch.compile`` at the largest batch), ratio against
   fp32 at the same batch, peak memory, and model FLOP utilisation against ``--peak-tflops`` (the chip's dense
   bf16 rate; H200: 989). FLOPs per sample are 3 x 2 x the convolution MACs (forward, and backward at twice it).
-* **data**: random 512x512 augmented crops per second from the stores in one loader process (one worker's
-  rate), and the workers the fastest measured step rate needs.
 * **train**: a universal ``acc`` run of full-width XB-Net on every store in ``--stores`` for ``--minutes``, in this
   process (``celltune train --local``'s loop), with its validation SEG per dataset, steps/s and data-wait share.
+* **data**: random 512x512 augmented crops per second from the stores in one loader process (one worker's
+  rate), and the workers the fastest measured step rate needs.
 * **predict**: frames/s of the network on 1024x1024 frames, and the share of post-processing and tracking.
 
 ``--cpu --tiny`` runs every section at toy sizes on the CPU, so CI keeps this path from rotting between
@@ -28,6 +30,7 @@ import math
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,16 +76,15 @@ def model_rows(device: torch.device, sizes: Sizes, *, compile_: bool, peak_tflop
 
     modes = [("fp32", None, False, False), ("bf16", torch.bfloat16, False, False),
              ("bf16+channels_last", torch.bfloat16, True, False)]
-    if compile_:
-        modes.append(("bf16+channels_last+compile", torch.bfloat16, True, True))
+    batches = sizes.batches
+    if compile_:  # its own section, run last: compiling costs about a minute per shape, the largest batch only
+        modes, batches = [("bf16+channels_last+compile", torch.bfloat16, True, True)], sizes.batches[-1:]
     rows = []
     for name in MODELS:
         macs = count_conv_macs(build_model(name, **sizes.width), (1, 1, sizes.side, sizes.side))
-        for batch in sizes.batches:
+        for batch in batches:
             baseline = None
             for label, dtype, channels_last, compiled in modes:
-                if compiled and batch != sizes.batches[-1]:
-                    continue  # compiling costs about a minute per shape: the largest batch only
                 torch.manual_seed(0)
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 model = build_model(name, **sizes.width).to(device, memory_format=fmt).train()
@@ -229,6 +231,18 @@ def predict_rows(device: torch.device, sizes: Sizes) -> list[dict]:
     return rows
 
 
+def _against_fp32(compiled: list[dict], eager: list[dict]) -> None:
+    """The compile section's ratio against the eager fp32 row of the same model and batch, where there is one."""
+    fp32 = {(r["model"], r["batch"]): r["samples/s"] for r in eager
+            if r["mode"] == "fp32" and isinstance(r.get("samples/s"), float)}
+    for row in compiled:
+        base = fp32.get((row["model"], row["batch"]))
+        if base and isinstance(row.get("samples/s"), float):
+            row["x fp32"] = round(row["samples/s"] / base, 2)
+        else:
+            row.pop("x fp32", None)
+
+
 def markdown(title: str, rows: list[dict]) -> str:
     if not rows:
         return f"## {title}\n\n(no rows)\n"
@@ -244,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=4.0, help="length of the universal run (default 4)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is present")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: the CI check of this script")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (a last section)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the chip's dense bf16 TFLOP/s for MFU (default 989, H200)")
-    parser.add_argument("--sections", default="models,data,train,predict", help="comma-separated sections")
+    parser.add_argument("--sections", default="models,train,data,predict", help="comma-separated sections")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables (markdown) and JSON here")
     args = parser.parse_args(argv)
     stores = sorted(p for p in args.stores.glob("*.zarr") if p.is_dir())
@@ -260,23 +274,46 @@ def main(argv: list[str] | None = None) -> int:
               f"torch {torch.__version__}, {'tiny' if args.tiny else 'full'} sizes")
     print(header, flush=True)
     tables: dict[str, list[dict]] = {}
-    if "models" in sections:
-        tables["models"] = model_rows(device, sizes, compile_=args.compile, peak_tflops=args.peak_tflops)
-        print(markdown("models: forward + backward", tables["models"]), flush=True)
-    if "data" in sections:
+    failed: list[str] = []
+
+    def best_rate() -> float | None:
         rates = [r["samples/s"] for r in tables.get("models", []) if isinstance(r.get("samples/s"), float)]
-        tables["data"] = data_rows(stores, sizes, max(rates) if rates else None)
-        print(markdown("data: augmented random crops", tables["data"]), flush=True)
-    if "train" in sections:
-        tables["train"] = train_rows(stores, device, sizes, args.minutes)
-        print(markdown("train: universal acc run", tables["train"]), flush=True)
-    if "predict" in sections:
-        tables["predict"] = predict_rows(device, sizes)
-        print(markdown("predict", tables["predict"]), flush=True)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(header + "\n\n" + "\n".join(markdown(k, v) for k, v in tables.items()))
-        args.out.with_suffix(".json").write_text(json.dumps({"header": header, **tables}, indent=2))
+        return max(rates) if rates else None
+
+    runs: dict[str, tuple[str, Callable[[], list[dict]]]] = {
+        "models": ("models: forward + backward",
+                   lambda: model_rows(device, sizes, compile_=False, peak_tflops=args.peak_tflops)),
+        "train": ("train: universal acc run", lambda: train_rows(stores, device, sizes, args.minutes)),
+        "data": ("data: augmented random crops", lambda: data_rows(stores, sizes, best_rate())),
+        "predict": ("predict", lambda: predict_rows(device, sizes)),
+        "compile": ("models: torch.compile at the largest batch",
+                    lambda: model_rows(device, sizes, compile_=True, peak_tflops=args.peak_tflops)),
+    }
+    unknown = [s for s in sections if s not in runs]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)} (known: {', '.join(runs)})")
+    if args.compile and "compile" not in sections:
+        sections.append("compile")
+    for key in (k for k in runs if k in sections):  # the most wanted figures first: one device run, maybe cut short
+        title, run_section = runs[key]
+        started = time.perf_counter()
+        try:
+            tables[key] = run_section()
+        except Exception as error:  # one broken section must not cost the others' figures
+            failed.append(key)
+            traceback.print_exc()
+            print(f"section {key} failed: {type(error).__name__}: {error}", flush=True)
+            continue
+        if key == "compile":
+            _against_fp32(tables[key], tables.get("models", []))
+        print(markdown(title, tables[key]) + f"\n({key}: {time.perf_counter() - started:.0f} s)\n", flush=True)
+        if args.out is not None:  # after every section, so a run stopped at its time limit keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(header + "\n\n" + "\n".join(markdown(runs[k][0], v) for k, v in tables.items()))
+            args.out.with_suffix(".json").write_text(json.dumps({"header": header, **tables}, indent=2))
+    if failed:
+        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
