@@ -70,7 +70,8 @@ def _timed(step: Callable[[], None], device: torch.device, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def model_rows(device: torch.device, sizes: Sizes, *, compile_: bool, peak_tflops: float) -> list[dict]:
+def model_rows(device: torch.device, sizes: Sizes, *, compile_: bool, peak_tflops: float,
+               models: tuple[str, ...] = MODELS) -> list[dict]:
     from celltune.trainables.architectures import build_model
     from celltune.trainables.complexity import count_conv_macs
 
@@ -80,7 +81,7 @@ def model_rows(device: torch.device, sizes: Sizes, *, compile_: bool, peak_tflop
     if compile_:  # its own section, run last: compiling costs about a minute per shape, the largest batch only
         modes, batches = [("bf16+channels_last+compile", torch.bfloat16, True, True)], sizes.batches[-1:]
     rows = []
-    for name in MODELS:
+    for name in models:
         macs = count_conv_macs(build_model(name, **sizes.width), (1, 1, sizes.side, sizes.side))
         for batch in batches:
             baseline = None
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is present")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: the CI check of this script")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (a last section)")
+    parser.add_argument("--compile-models", default=",".join(MODELS), help="models the compile section times")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the chip's dense bf16 TFLOP/s for MFU (default 989, H200)")
     parser.add_argument("--sections", default="models,train,data,predict", help="comma-separated sections")
@@ -287,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": ("data: augmented random crops", lambda: data_rows(stores, sizes, best_rate())),
         "predict": ("predict", lambda: predict_rows(device, sizes)),
         "compile": ("models: torch.compile at the largest batch",
-                    lambda: model_rows(device, sizes, compile_=True, peak_tflops=args.peak_tflops)),
+                    lambda: model_rows(device, sizes, compile_=True, peak_tflops=args.peak_tflops,
+                                       models=tuple(args.compile_models.split(",")))),
     }
     unknown = [s for s in sections if s not in runs]
     if unknown:
