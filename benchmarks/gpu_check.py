@@ -5,7 +5,7 @@ next runs), each printed as a table and written to ``--out`` as soon as it is do
 
 * **models**: forward + backward samples/s of full-width ``xbnet`` and ``unet`` at 512x512 for batch sizes
   8/16/32 in fp32, bf16 autocast, bf16 + channels-last (``--compile`` adds a last section with
-  ``torch.compile`` at the largest batch), ratio against
+  ``torch.compile`` at the largest batch, both layouts), ratio against
   fp32 at the same batch, peak memory, and model FLOP utilisation against ``--peak-tflops`` (the chip's dense
   bf16 rate; H200: 989). FLOPs per sample are 3 x 2 x the convolution MACs (forward, and backward at twice it).
 * **train**: a universal ``acc`` run of full-width XB-Net on every store in ``--stores`` for ``--minutes``, in this
@@ -79,7 +79,9 @@ def model_rows(device: torch.device, sizes: Sizes, *, compile_: bool, peak_tflop
              ("bf16+channels_last", torch.bfloat16, True, False)]
     batches = sizes.batches
     if compile_:  # its own section, run last: compiling costs about a minute per shape, the largest batch only
-        modes, batches = [("bf16+channels_last+compile", torch.bfloat16, True, True)], sizes.batches[-1:]
+        modes = [("bf16+compile", torch.bfloat16, False, True),
+                 ("bf16+channels_last+compile", torch.bfloat16, True, True)]
+        batches = sizes.batches[-1:]
     rows = []
     for name in models:
         macs = count_conv_macs(build_model(name, **sizes.width), (1, 1, sizes.side, sizes.side))

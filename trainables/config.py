@@ -188,7 +188,9 @@ class TrainingConfig(_Strict):
                                   "(or after `epochs`, whichever comes first); time spent before a resume counts")
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool | None = None
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format; null: on CUDA for models without GroupNorm (faster there), "
+                          "off on the CPU")
 
 
 class ResourcesConfig(_Strict):
