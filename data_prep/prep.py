@@ -96,17 +96,38 @@ class _Cancelled(Exception):
     pass
 
 
-def _convert_task(layout: SequenceLayout, store_dir: str) -> Iterator[tuple[str, Any]]:
-    """Ray generator task: yields ``("progress", files)`` while converting, then ``("done", result)``.
+class _StopFlag:
+    """Ray actor the driver sets when the prep fails or is interrupted: each task looks at it before it writes
+    and after every file, then ends by itself. The driver deletes the unfinished stores only once every task
+    has ended; a ``ray.cancel`` gives no such point (a task cancelled while queued may still start and write)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def _convert_task(layout: SequenceLayout, store_dir: str, stop_flag: Any) -> Iterator[tuple[str, Any]]:
+    """Ray generator task: yields ``("progress", files)`` while converting, then ``("done", result)``, or
+    ``("stopped", None)`` when the driver's ``stop_flag`` was set.
 
     A UserInputError is yielded as ``("error", message)`` so the driver re-raises the same one-line error
     (no RayTaskError wrapping). The conversion runs in a thread so progress can be yielded while it works.
     """
+    import ray
+
+    if ray.get(stop_flag.is_set.remote()):
+        yield ("stopped", None)
+        return
     updates: queue.SimpleQueue[int] = queue.SimpleQueue()
     stop = threading.Event()
 
     def progress(n: int) -> None:
-        if stop.is_set():
+        if stop.is_set() or ray.get(stop_flag.is_set.remote()):
             raise _Cancelled
         updates.put(n)
 
@@ -132,6 +153,9 @@ def _convert_task(layout: SequenceLayout, store_dir: str) -> Iterator[tuple[str,
             result = future.result()
         except UserInputError as exc:
             yield ("error", str(exc))
+            return
+        except _Cancelled:
+            yield ("stopped", None)
             return
     n = drain()
     if n:
@@ -244,6 +268,7 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
     from celltune.data_prep.ray_session import task_events
 
     task = ray.remote(num_cpus=1, max_retries=0)(_convert_task)
+    stop_flag = ray.remote(num_cpus=0)(_StopFlag).remote()
     tmp_dirs: dict[str, Path] = {}
     pending_by_dataset: dict[str, int] = {}
     results: dict[str, list[SequenceResult]] = {}
@@ -263,7 +288,7 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
         with tqdm(total=total_files, unit="file", desc="prep", disable=None if show_progress else True,
                   dynamic_ncols=True) as bar:
             for seq in sequences:
-                gen = task.remote(seq, str(tmp_dirs[seq.dataset]))
+                gen = task.remote(seq, str(tmp_dirs[seq.dataset]), stop_flag)
                 running[gen] = seq
             for gen, seq, kind, payload in task_events(running, lambda s: f"converting {s.dataset}/{s.sequence}"):
                 if kind == "progress":
@@ -285,15 +310,18 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
         success = True
     finally:
         if not success:
-            for gen in running:
+            try:
                 with contextlib.suppress(Exception):
-                    ray.cancel(gen)  # KeyboardInterrupt in the task: its conversion thread stops at the next file
-            for gen in running:  # wait until cancelled tasks have stopped writing before deleting their output
-                with contextlib.suppress(Exception):
-                    for ref in gen:
-                        ray.get(ref, timeout=30)
-            for tmp in tmp_dirs.values():
-                shutil.rmtree(tmp, ignore_errors=True)
+                    ray.get(stop_flag.set.remote())  # every task stops at its next file, or before it starts
+                for gen in running:  # wait until every task has ended before deleting what they wrote
+                    with contextlib.suppress(Exception):
+                        for ref in gen:
+                            ray.get(ref)
+            finally:  # a second Ctrl-C ends the wait, not the clean-up
+                for tmp in tmp_dirs.values():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            ray.kill(stop_flag)
 
 
 def prep_datasets(

@@ -87,6 +87,7 @@ def _search(args: argparse.Namespace) -> int:
         if given:
             raise UserInputError(f"--resume continues the search with the settings it started with; leave out "
                                  f"{', '.join(given)}")
+    max_failures = SearchSettings.max_failures if args.max_failures is None else args.max_failures
     overrides = parse_overrides(args.overrides)
     if args.init:
         overrides["init.model"] = args.init
@@ -97,7 +98,8 @@ def _search(args: argparse.Namespace) -> int:
         space = resolve_stores(space)
         settings = SearchSettings(storage_path=args.storage, name=args.name or "<name>", seed=args.seed,
                                   trials=args.trials or space.trials, max_concurrent=args.max_concurrent,
-                                  checkpoints_to_keep=args.keep_checkpoints or 1)
+                                  checkpoints_to_keep=args.keep_checkpoints or 1,
+                                  max_failures=max_failures)
         available = {"CPU": float(os.cpu_count() or 1)}
         print(json.dumps(search_plan(space, settings, available), indent=2, default=str))
         return 0
@@ -110,7 +112,7 @@ def _search(args: argparse.Namespace) -> int:
                             seed=args.seed, tracking_uri=args.tracking_uri, experiment=args.experiment,
                             address=args.address, register_as=args.register_as, max_concurrent=args.max_concurrent,
                             checkpoints_to_keep=args.keep_checkpoints or 1,
-                            max_failures=2 if args.max_failures is None else args.max_failures)
+                            max_failures=max_failures)
     print(search_summary(result))
     if log:
         print(f"library output: {log}")

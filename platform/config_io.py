@@ -39,7 +39,7 @@ def validate(model: type[Model], tree: dict[str, Any], source: str) -> Model:
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None
+        raise UserInputError(f"{source}: {describe_validation_error(exc, model)}") from None
 
 
 def load_config(model: type[Model], path: Path, overrides: Iterable[str] = ()) -> Model:

@@ -198,6 +198,7 @@ def search_plan(space: SearchSpace, settings: SearchSettings, available: Mapping
         "postprocess_study": {"trials": space.postprocess.trials, "parameters": space.postprocess.parameters.keys()}
         if space.postprocess else None,
         "checkpoints_per_trial": settings.checkpoints_to_keep,
+        "retries_per_trial": "forever" if settings.max_failures == -1 else settings.max_failures,
         "storage": experiment_path(settings),
     }
 

@@ -219,4 +219,4 @@ def apply_sample(base: Mapping[str, Any] | TrainConfig, sample: Mapping[str, Any
     try:
         return TrainConfig.model_validate(set_dotted_keys(tree, sample, source=source))
     except ValidationError as exc:
-        raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None
+        raise UserInputError(f"{source}: {describe_validation_error(exc, TrainConfig)}") from None

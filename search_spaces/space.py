@@ -460,7 +460,7 @@ def load_space(
     try:
         spec = SpaceFile.model_validate(read_yaml(path, "search space"))
     except ValidationError as exc:
-        raise UserInputError(f"{source}: {describe_validation_error(exc)}") from None
+        raise UserInputError(f"{source}: {describe_validation_error(exc, SpaceFile)}") from None
 
     for key in spec.parameters:
         check_key_path(key, f"{source}: parameters.{key}")
@@ -480,7 +480,7 @@ def load_space(
     try:
         base_config = TrainConfig.model_validate(copy.deepcopy(tree))
     except ValidationError as exc:
-        problem = describe_validation_error(exc)
+        problem = describe_validation_error(exc, TrainConfig)
         if spec.base_config is not None:  # in the user's words: the keys under base_config
             where = "base_config" if problem.startswith("file: ") else "base_config."
             raise UserInputError(f"{source}: {where}{problem.removeprefix('file')}") from None
@@ -635,7 +635,7 @@ class _SpaceChecker:
             tree = set_dotted_keys(self.tree, values, source="")
             config = TrainConfig.model_validate(tree)
         except ValidationError as exc:
-            raise UserInputError(f"{self.source}: {label}: {describe_validation_error(exc)}") from None
+            raise UserInputError(f"{self.source}: {label}: {describe_validation_error(exc, TrainConfig)}") from None
         except UserInputError as exc:
             raise UserInputError(f"{self.source}: {label}: {exc}") from None
         try:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from celltune.data_prep.common import UserInputError, did_you_mean
 
@@ -78,10 +80,42 @@ _TYPE_TAG = re.compile(r"^(constrained-|function-|literal\[|int$|float$|str$|boo
 _CLASS_ALTERNATIVE = re.compile(r" or instance of \w+")  # "a valid dictionary or instance of DataConfig"
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys the section at ``loc`` accepts, following ``model``'s fields (through optional sections, lists and
+    mappings of sections); None where the path leaves what the annotations say."""
+    annotation: Any = model
+    for part in loc:
+        if isinstance(part, str) and _TYPE_TAG.match(part):
+            continue
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if len(sections) != 1:
+                return None
+            annotation = sections[0]
+            origin = None
+        if origin in (list, tuple, dict) or (origin is not None and issubclass(origin, Mapping)):
+            annotation = typing.get_args(annotation)[-1] if typing.get_args(annotation) else Any
+            continue
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        annotation = sections[0] if len(sections) == 1 else None
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return None
+    return [field.alias or name for name, field in annotation.model_fields.items()]
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
     """The first problem as ``dotted.key: problem`` (one line), in the user's keys: pydantic's type tags of
     union members (``constrained-int``, ``dict[str,...]``) are left out, and the alternatives a union tried are
-    said together."""
+    said together. Given the ``model`` that was validated, an unknown key gets a did-you-mean among every key
+    of its section (else among the missing ones only)."""
     errors = exc.errors(include_url=False)
 
     def key_path(error) -> str:
@@ -96,9 +130,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     for error in same:
         message = _CLASS_ALTERNATIVE.sub("", str(error["msg"]).removeprefix("Value error, "))
         if error["type"] == "extra_forbidden":
-            missing = [str(e["loc"][-1]) for e in errors
-                       if e["type"] == "missing" and e["loc"][:-1] == error["loc"][:-1]]
-            hint = did_you_mean(error["loc"][-1], missing)
+            known = _keys_at(model, tuple(error["loc"][:-1])) if model is not None else None
+            if known is None:
+                known = [str(e["loc"][-1]) for e in errors
+                         if e["type"] == "missing" and e["loc"][:-1] == error["loc"][:-1]]
+            hint = did_you_mean(error["loc"][-1], known)
             message = f"unknown key ({hint})" if hint else "unknown key"
         elif error["type"] == "literal_error":
             message = message[0].lower() + message[1:]

@@ -26,6 +26,15 @@ def test_bad_search_input_is_one_line_exit_2(demo_stores, tmp_path, capsys, extr
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.parametrize(("extra", "retries"), [([], 2), (["--max-failures", "-1"], "forever"),
+                                              (["--max-failures", "0"], 0)])
+def test_the_dry_run_plan_says_how_often_a_lost_trial_restarts(demo_stores, capsys, extra, retries):
+    import json
+
+    assert main(["search", "--space", "demo", "--stores", str(demo_stores), "--dry-run", *extra]) == 0
+    assert json.loads(capsys.readouterr().out)["retries_per_trial"] == retries
+
+
 def test_unknown_space_suggests_a_shipped_one(tmp_path, capsys):
     assert main(["search", "--space", "demoo", "--dry-run"]) == 2
     assert "did you mean 'demo'" in capsys.readouterr().err

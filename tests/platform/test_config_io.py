@@ -73,3 +73,21 @@ def test_validation_messages_name_the_users_key_not_pydantic_types(data, expecte
         TrainConfig.model_validate({"data": {"stores": ["s/A.zarr"], **data}})
     message = describe_validation_error(info.value)
     assert message.startswith(expected) and "constrained-" not in message and "dict[" not in message, message
+
+
+@pytest.mark.parametrize("tree, expected", [
+    ({"data": {"stores": ["s/A.zarr"], "crpo": 64}}, "data.crpo: unknown key (did you mean 'crop'?)"),
+    ({"data": {"stores": ["s/A.zarr"]}, "training": {"epoch": 3}},
+     "training.epoch: unknown key (did you mean 'epochs'?)"),
+    ({"data": {"stores": ["s/A.zarr"], "augment": {"rotaton_p": 1}}},
+     "data.augment.rotaton_p: unknown key (did you mean 'rotation_p'?)"),
+    ({"data": {"stores": ["s/A.zarr"]}, "trainng": {}}, "trainng: unknown key (did you mean 'training'?)"),
+])
+def test_a_misspelt_key_with_a_default_gets_its_right_spelling(tree, expected):
+    """Most keys have defaults, so their right spelling is never "missing": the hint looks at the whole section."""
+    from celltune.platform.config_io import validate
+    from celltune.trainables.config import TrainConfig
+
+    with pytest.raises(UserInputError) as info:
+        validate(TrainConfig, tree, "c.yaml")
+    assert str(info.value) == f"c.yaml: {expected}"
