@@ -96,38 +96,29 @@ class _Cancelled(Exception):
     pass
 
 
-class _StopFlag:
-    """Ray actor the driver sets when the prep fails or is interrupted: each task looks at it before it writes
-    and after every file, then ends by itself. The driver deletes the unfinished stores only once every task
-    has ended; a ``ray.cancel`` gives no such point (a task cancelled while queued may still start and write)."""
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
+STOP_FILE = ".stop"  # in a dataset's unfinished store: its tasks stop (a file: workers write the store anyway)
 
 
-def _convert_task(layout: SequenceLayout, store_dir: str, stop_flag: Any) -> Iterator[tuple[str, Any]]:
+def _convert_task(layout: SequenceLayout, store_dir: str) -> Iterator[tuple[str, Any]]:
     """Ray generator task: yields ``("progress", files)`` while converting, then ``("done", result)``, or
-    ``("stopped", None)`` when the driver's ``stop_flag`` was set.
+    ``("stopped", None)`` once the driver has put :data:`STOP_FILE` in ``store_dir``.
+
+    The driver stops a failed or interrupted prep that way, not with ``ray.cancel``, which gives it no point after
+    which every task has stopped writing (a task cancelled while queued can still start): each task looks for the
+    file before it writes and after every file, and the driver deletes the store once every task has ended.
 
     A UserInputError is yielded as ``("error", message)`` so the driver re-raises the same one-line error
     (no RayTaskError wrapping). The conversion runs in a thread so progress can be yielded while it works.
     """
-    import ray
-
-    if ray.get(stop_flag.is_set.remote()):
+    stop_file = Path(store_dir) / STOP_FILE
+    if stop_file.exists():
         yield ("stopped", None)
         return
     updates: queue.SimpleQueue[int] = queue.SimpleQueue()
     stop = threading.Event()
 
     def progress(n: int) -> None:
-        if stop.is_set() or ray.get(stop_flag.is_set.remote()):
+        if stop.is_set() or stop_file.exists():
             raise _Cancelled
         updates.put(n)
 
@@ -268,7 +259,6 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
     from celltune.data_prep.ray_session import task_events
 
     task = ray.remote(num_cpus=1, max_retries=0)(_convert_task)
-    stop_flag = ray.remote(num_cpus=0)(_StopFlag).remote()
     tmp_dirs: dict[str, Path] = {}
     pending_by_dataset: dict[str, int] = {}
     results: dict[str, list[SequenceResult]] = {}
@@ -288,7 +278,7 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
         with tqdm(total=total_files, unit="file", desc="prep", disable=None if show_progress else True,
                   dynamic_ncols=True) as bar:
             for seq in sequences:
-                gen = task.remote(seq, str(tmp_dirs[seq.dataset]), stop_flag)
+                gen = task.remote(seq, str(tmp_dirs[seq.dataset]))
                 running[gen] = seq
             for gen, seq, kind, payload in task_events(running, lambda s: f"converting {s.dataset}/{s.sequence}"):
                 if kind == "progress":
@@ -311,8 +301,9 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
     finally:
         if not success:
             try:
-                with contextlib.suppress(Exception):
-                    ray.get(stop_flag.set.remote())  # every task stops at its next file, or before it starts
+                for tmp in tmp_dirs.values():  # every task stops at its next file, or before it starts
+                    with contextlib.suppress(OSError):
+                        (tmp / STOP_FILE).touch()
                 for gen in running:  # wait until every task has ended before deleting what they wrote
                     with contextlib.suppress(Exception):
                         for ref in gen:
@@ -320,8 +311,6 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
             finally:  # a second Ctrl-C ends the wait, not the clean-up
                 for tmp in tmp_dirs.values():
                     shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(Exception):
-            ray.kill(stop_flag)
 
 
 def prep_datasets(
