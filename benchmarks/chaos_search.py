@@ -124,8 +124,9 @@ def is_trial(pid: int) -> bool:
 
 
 class NodeKiller:
-    """SIGKILLs a worker node about every ``every`` seconds (0.5-1.5x, seeded) and restarts it later: one that
-    hosts a trial's process when there is one (the harm a node loss can do), else any."""
+    """SIGKILLs a worker node about every ``every`` seconds (0.5-1.5x, seeded) of a whole cluster and restarts it
+    ``restart_after`` seconds later: one that hosts a trial's process when there is one (the harm a node loss can
+    do), else any."""
 
     def __init__(self, cluster: LocalCluster, workers: list[str], every: float, restart_after: float,
                  seed: int) -> None:
@@ -161,6 +162,10 @@ class NodeKiller:
             if self._stop.wait(self.restart_after):
                 return  # the search is over; the cluster is about to be stopped
             self.cluster.restart(node)
+            # the next interval counts from a whole cluster again: on a slow machine a node takes seconds to
+            # join, and kills timed from the restart would keep a node down most of the time
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self.cluster.node_ids(expected=len(self.cluster.nodes), timeout=60)
 
 
 def start_cluster(root: Path, workers: int) -> tuple[LocalCluster, list[str]]:

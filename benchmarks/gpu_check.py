@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": ("predict", lambda: predict_rows(device, sizes)),
         "compile": ("models: torch.compile at the largest batch",
                     lambda: model_rows(device, sizes, compile_=True, peak_tflops=args.peak_tflops,
-                                       models=tuple(args.compile_models.split(",")))),
+                                       models=tuple(m.strip() for m in args.compile_models.split(",")))),
     }
     unknown = [s for s in sections if s not in runs]
     if unknown:

@@ -110,15 +110,19 @@ def _convert_task(layout: SequenceLayout, store_dir: str) -> Iterator[tuple[str,
     A UserInputError is yielded as ``("error", message)`` so the driver re-raises the same one-line error
     (no RayTaskError wrapping). The conversion runs in a thread so progress can be yielded while it works.
     """
-    stop_file = Path(store_dir) / STOP_FILE
-    if stop_file.exists():
+    stop_file, root = Path(store_dir) / STOP_FILE, Path(store_dir) / "zarr.json"
+
+    def stopped() -> bool:  # the stop file, or no store at all (deleted after a second Ctrl-C cut the wait short)
+        return stop_file.exists() or not root.exists()
+
+    if stopped():
         yield ("stopped", None)
         return
     updates: queue.SimpleQueue[int] = queue.SimpleQueue()
     stop = threading.Event()
 
     def progress(n: int) -> None:
-        if stop.is_set() or stop_file.exists():
+        if stop.is_set() or stopped():
             raise _Cancelled
         updates.put(n)
 
@@ -307,7 +311,8 @@ def _run_tasks(out_dir: Path, layouts: list[DatasetLayout], show_progress: bool,
                 for gen in running:  # wait until every task has ended before deleting what they wrote
                     with contextlib.suppress(Exception):
                         for ref in gen:
-                            ray.get(ref)
+                            with contextlib.suppress(Exception):  # an error is the task's end: the loop ends
+                                ray.get(ref)
             finally:  # a second Ctrl-C ends the wait, not the clean-up
                 for tmp in tmp_dirs.values():
                     shutil.rmtree(tmp, ignore_errors=True)

@@ -94,7 +94,7 @@ def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
                 return None
             annotation = sections[0]
             origin = None
-        if origin in (list, tuple, dict) or (origin is not None and issubclass(origin, Mapping)):
+        if origin in (list, tuple, dict) or (isinstance(origin, type) and issubclass(origin, Mapping)):
             annotation = typing.get_args(annotation)[-1] if typing.get_args(annotation) else Any
             continue
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -130,7 +130,10 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel] | Non
     for error in same:
         message = _CLASS_ALTERNATIVE.sub("", str(error["msg"]).removeprefix("Value error, "))
         if error["type"] == "extra_forbidden":
-            known = _keys_at(model, tuple(error["loc"][:-1])) if model is not None else None
+            try:  # only a hint: an annotation the walk does not know must not turn the message into a traceback
+                known = _keys_at(model, tuple(error["loc"][:-1])) if model is not None else None
+            except Exception:
+                known = None
             if known is None:
                 known = [str(e["loc"][-1]) for e in errors
                          if e["type"] == "missing" and e["loc"][:-1] == error["loc"][:-1]]

@@ -71,13 +71,16 @@ def _start_local_ray() -> tuple[subprocess.Popen, str]:
 
 
 def _start_times(pids: set[int]) -> dict[int, str]:
-    """Each live process's start time, so a pid the kernel reuses is not taken for the old process."""
+    """Each live process's start time, so a pid the kernel reuses is not taken for the old process (zombies,
+    waiting for a parent to reap them, count as gone)."""
     times = {}
     for pid in pids:
         try:
-            times[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        except (OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
+        if len(fields) > 19 and fields[0] != "Z":
+            times[pid] = fields[19]
     return times
 
 
