@@ -80,6 +80,14 @@ _TYPE_TAG = re.compile(r"^(constrained-|function-|literal\[|int$|float$|str$|boo
 _CLASS_ALTERNATIVE = re.compile(r" or instance of \w+")  # "a valid dictionary or instance of DataConfig"
 
 
+def _section(annotation: Any) -> Any:
+    """An optional section's model (``DataConfig | None`` -> ``DataConfig``); other annotations as they are."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return sections[0] if len(sections) == 1 else None
+    return annotation
+
+
 def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """The keys the section at ``loc`` accepts, following ``model``'s fields (through optional sections, lists and
     mappings of sections); None where the path leaves what the annotations say."""
@@ -87,13 +95,8 @@ def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     for part in loc:
         if isinstance(part, str) and _TYPE_TAG.match(part):
             continue
+        annotation = _section(annotation)
         origin = typing.get_origin(annotation)
-        if origin in (typing.Union, types.UnionType):
-            sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-            if len(sections) != 1:
-                return None
-            annotation = sections[0]
-            origin = None
         if origin in (list, tuple, dict) or (isinstance(origin, type) and issubclass(origin, Mapping)):
             annotation = typing.get_args(annotation)[-1] if typing.get_args(annotation) else Any
             continue
@@ -103,9 +106,7 @@ def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
         if field is None:
             return None
         annotation = field.annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        annotation = sections[0] if len(sections) == 1 else None
+    annotation = _section(annotation)
     if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         return None
     return [field.alias or name for name, field in annotation.model_fields.items()]
